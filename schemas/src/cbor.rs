@@ -1,0 +1,208 @@
+//! Deterministic CBOR (RFC 8949 §4.2.1) on top of `ciborium`, and the strict decoder every
+//! network input goes through.
+//!
+//! Strictness is checked by *re-encoding*: a decoded item is accepted only if its deterministic
+//! encoding is byte-for-byte the input. That single comparison refuses non-shortest integers,
+//! indefinite lengths, unsorted map keys and trailing bytes. Duplicate map keys, floats and tags
+//! (none of which pairbus uses) are refused explicitly.
+
+use ciborium::value::Value;
+use thiserror::Error;
+
+/// Why a CBOR item was refused before any field was looked at.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CborError {
+    /// The input is larger than the limit the caller allows.
+    #[error("input is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Size of the input in bytes.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// Not a single well-formed CBOR item.
+    #[error("malformed CBOR: {0}")]
+    Malformed(String),
+    /// Well-formed, but not in deterministic encoding.
+    #[error("CBOR is not deterministically encoded (RFC 8949 §4.2.1): {0}")]
+    NonCanonical(&'static str),
+    /// A map holds the same key twice.
+    #[error("duplicate map key")]
+    DuplicateKey,
+    /// A floating-point value or a tag, which pairbus payloads never contain.
+    #[error("unsupported CBOR item: {0}")]
+    Unsupported(&'static str),
+}
+
+/// Sorts every map (recursively) by the deterministic encoding of its keys.
+///
+/// Fails on duplicate keys, which have no deterministic encoding.
+pub fn canonicalize(value: Value) -> Result<Value, CborError> {
+    Ok(match value {
+        Value::Map(entries) => {
+            let mut keyed = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                let k = canonicalize(k)?;
+                let v = canonicalize(v)?;
+                keyed.push((encode_value(&k), k, v));
+            }
+            keyed.sort_by(|a, b| a.0.cmp(&b.0));
+            if keyed.windows(2).any(|w| w[0].0 == w[1].0) {
+                return Err(CborError::DuplicateKey);
+            }
+            Value::Map(keyed.into_iter().map(|(_, k, v)| (k, v)).collect())
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(canonicalize)
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Tag(t, inner) => Value::Tag(t, Box::new(canonicalize(*inner)?)),
+        other => other,
+    })
+}
+
+/// Encodes a value exactly as given (call [`canonicalize`] first for deterministic output).
+pub fn encode_value(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail, and every `Value` is encodable.
+    ciborium::ser::into_writer(value, &mut out).expect("CBOR encoding into a Vec never fails");
+    out
+}
+
+/// Deterministic encoding of `value`: maps sorted, shortest forms.
+pub fn encode_canonical(value: Value) -> Result<Vec<u8>, CborError> {
+    Ok(encode_value(&canonicalize(value)?))
+}
+
+/// Decodes exactly one deterministically encoded CBOR item of at most `limit` bytes.
+pub fn decode_strict(bytes: &[u8], limit: usize) -> Result<Value, CborError> {
+    if bytes.len() > limit {
+        return Err(CborError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let mut rest = bytes;
+    let value: Value =
+        ciborium::de::from_reader(&mut rest).map_err(|e| CborError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CborError::Malformed(format!(
+            "{} trailing bytes after the item",
+            rest.len()
+        )));
+    }
+    reject_unsupported(&value)?;
+    let canonical = encode_value(&canonicalize(value.clone())?);
+    if canonical != bytes {
+        return Err(CborError::NonCanonical(
+            "integers and lengths must use the shortest form, definite lengths, map keys sorted",
+        ));
+    }
+    Ok(value)
+}
+
+fn reject_unsupported(value: &Value) -> Result<(), CborError> {
+    match value {
+        Value::Float(_) => Err(CborError::Unsupported("floating-point value")),
+        Value::Tag(..) => Err(CborError::Unsupported("tag")),
+        Value::Array(items) => items.iter().try_for_each(reject_unsupported),
+        Value::Map(entries) => entries.iter().try_for_each(|(k, v)| {
+            reject_unsupported(k)?;
+            reject_unsupported(v)
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    #[test]
+    fn map_keys_sort_by_encoded_bytes_shorter_first() {
+        let v = Value::Map(vec![
+            (text("received_at"), Value::Integer(1.into())),
+            (text("seq"), Value::Integer(2.into())),
+            (text("hash"), Value::Integer(3.into())),
+        ]);
+        let bytes = encode_canonical(v).unwrap();
+        let back = decode_strict(&bytes, 1024).unwrap();
+        let keys: Vec<_> = back
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.as_text().unwrap().to_owned())
+            .collect();
+        assert_eq!(keys, ["seq", "hash", "received_at"]);
+    }
+
+    #[test]
+    fn non_shortest_integer_is_refused() {
+        // 0x18 0x01 is 1 encoded in two bytes; the shortest form is 0x01.
+        assert!(matches!(
+            decode_strict(&[0x18, 0x01], 16),
+            Err(CborError::NonCanonical(_))
+        ));
+        assert_eq!(
+            decode_strict(&[0x01], 16).unwrap(),
+            Value::Integer(1.into())
+        );
+    }
+
+    #[test]
+    fn unsorted_keys_indefinite_lengths_duplicates_and_trailing_bytes_are_refused() {
+        // {"b": 1, "a": 2}
+        let unsorted = [0xa2, 0x61, b'b', 0x01, 0x61, b'a', 0x02];
+        assert!(matches!(
+            decode_strict(&unsorted, 64),
+            Err(CborError::NonCanonical(_))
+        ));
+        // {"a": 1, "a": 2}
+        let dup = [0xa2, 0x61, b'a', 0x01, 0x61, b'a', 0x02];
+        assert_eq!(decode_strict(&dup, 64), Err(CborError::DuplicateKey));
+        // indefinite-length array [1]
+        let indef = [0x9f, 0x01, 0xff];
+        assert!(matches!(
+            decode_strict(&indef, 64),
+            Err(CborError::NonCanonical(_))
+        ));
+        assert!(matches!(
+            decode_strict(&[0x01, 0x02], 64),
+            Err(CborError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn floats_tags_and_oversize_are_refused() {
+        assert!(matches!(
+            decode_strict(&[0xf9, 0x3c, 0x00], 16),
+            Err(CborError::Unsupported(_))
+        ));
+        assert!(matches!(
+            decode_strict(&[0xc1, 0x01], 16),
+            Err(CborError::Unsupported(_))
+        ));
+        assert_eq!(
+            decode_strict(&[0x01, 0x02, 0x03], 2),
+            Err(CborError::TooLarge { size: 3, limit: 2 })
+        );
+    }
+
+    #[test]
+    fn truncated_input_is_malformed_not_a_panic() {
+        assert!(matches!(
+            decode_strict(&[0x5a, 0xff, 0xff, 0xff, 0xff], 64),
+            Err(CborError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_strict(&[], 64),
+            Err(CborError::Malformed(_))
+        ));
+    }
+}

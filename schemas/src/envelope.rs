@@ -1,0 +1,188 @@
+//! The COSE_Mac0 envelope (RFC 9052, tag 17) around every event and QR payload.
+//!
+//! Protected header `{1: 5, 4: kid}` (HMAC 256/256, kid as UTF-8 bytes) and nothing else;
+//! unprotected header empty; external AAD empty; the full 32-byte tag. Opening is split in two
+//! so that the caller can look the key up by kid in between:
+//! [`Unverified::parse`] checks the structure, [`Unverified::verify`] checks the MAC in
+//! constant time and hands out the payload.
+
+use crate::event::{Event, SignerError};
+use crate::fields::DecodeError;
+use crate::ids::{IdError, Kid};
+use crate::keys::Key;
+use coset::{iana, CoseMac0, CoseMac0Builder, HeaderBuilder, TaggedCborSerializable};
+use thiserror::Error;
+
+/// Why an envelope was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EnvelopeError {
+    /// Bigger than the size limit.
+    #[error("envelope is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// Not a tagged COSE_Mac0 structure.
+    #[error("not a COSE_Mac0 (tag 17) structure: {0}")]
+    Malformed(String),
+    /// A valid COSE_Mac0 not in the one encoding pairbus accepts (it re-encodes differently).
+    #[error("COSE_Mac0 is not deterministically encoded")]
+    NonCanonical,
+    /// The protected header's algorithm is not HMAC 256/256 (5).
+    #[error("protected header: algorithm must be HMAC 256/256 (5)")]
+    BadAlgorithm,
+    /// No kid in the protected header.
+    #[error("protected header: kid (4) is missing")]
+    MissingKid,
+    /// The kid is not a valid pairbus kid.
+    #[error("protected header: {0}")]
+    BadKid(IdError),
+    /// Headers other than alg and kid, or anything in the unprotected header.
+    #[error("unexpected header parameters: only alg (1) and kid (4), both protected, are allowed")]
+    ExtraHeaders,
+    /// No payload.
+    #[error("the payload is missing (detached payloads are not supported)")]
+    MissingPayload,
+    /// The kid names no principal the verifier knows.
+    #[error("unknown kid `{0}`")]
+    UnknownKid(Kid),
+    /// The MAC does not verify with the kid's key.
+    #[error("MAC does not verify for kid `{0}`")]
+    BadMac(Kid),
+    /// The MAC verified but the payload is not a valid event.
+    #[error("payload: {0}")]
+    Payload(#[from] DecodeError),
+    /// The payload's `src` is not the envelope's kid.
+    #[error("payload `src` {src} does not equal the envelope kid {kid}")]
+    KidMismatch {
+        /// The envelope's kid.
+        kid: Kid,
+        /// The payload's `src`.
+        src: Kid,
+    },
+    /// The signer may not make this event.
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+}
+
+/// Wraps `payload` in a COSE_Mac0 MAC'd with `key` under `kid`.
+pub fn seal_payload(kid: &Kid, key: &Key, payload: Vec<u8>) -> Vec<u8> {
+    let protected = HeaderBuilder::new()
+        .algorithm(iana::Algorithm::HMAC_256_256)
+        .key_id(kid.to_string().into_bytes())
+        .build();
+    CoseMac0Builder::new()
+        .protected(protected)
+        .payload(payload)
+        .create_tag(&[], |data| key.mac(&[data]).to_vec())
+        .build()
+        .to_tagged_vec()
+        .expect("encoding a COSE_Mac0 into a Vec never fails")
+}
+
+/// Signs `event` with its principal's key: the kid is `event.src`.
+pub fn seal(event: &Event, key: &Key) -> Vec<u8> {
+    seal_payload(&event.src, key, event.encode())
+}
+
+/// A structurally valid COSE_Mac0 whose MAC has not been checked yet.
+#[derive(Debug)]
+pub struct Unverified {
+    kid: Kid,
+    mac0: CoseMac0,
+}
+
+impl Unverified {
+    /// Parses and checks the structure of at most `limit` bytes.
+    pub fn parse(bytes: &[u8], limit: usize) -> Result<Self, EnvelopeError> {
+        if bytes.len() > limit {
+            return Err(EnvelopeError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        let mac0 = CoseMac0::from_tagged_slice(bytes)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let h = &mac0.protected.header;
+        if h.alg
+            != Some(coset::RegisteredLabelWithPrivate::Assigned(
+                iana::Algorithm::HMAC_256_256,
+            ))
+        {
+            return Err(EnvelopeError::BadAlgorithm);
+        }
+        if h.key_id.is_empty() {
+            return Err(EnvelopeError::MissingKid);
+        }
+        let kid_text = std::str::from_utf8(&h.key_id)
+            .map_err(|_| EnvelopeError::BadKid(IdError::BadKid(hex::encode(&h.key_id))))?;
+        let kid = Kid::parse(kid_text).map_err(EnvelopeError::BadKid)?;
+        let expected = HeaderBuilder::new()
+            .algorithm(iana::Algorithm::HMAC_256_256)
+            .key_id(h.key_id.clone())
+            .build();
+        if *h != expected || mac0.unprotected != coset::Header::default() {
+            return Err(EnvelopeError::ExtraHeaders);
+        }
+        if mac0.payload.is_none() {
+            return Err(EnvelopeError::MissingPayload);
+        }
+        // One encoding only: re-encoding must give the input back. This refuses
+        // non-shortest lengths, indefinite lengths and the like around the MAC'd parts.
+        let again = mac0
+            .clone()
+            .to_tagged_vec()
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if again != bytes {
+            return Err(EnvelopeError::NonCanonical);
+        }
+        Ok(Unverified { kid, mac0 })
+    }
+
+    /// The kid of the protected header (not yet authenticated).
+    pub fn kid(&self) -> &Kid {
+        &self.kid
+    }
+
+    /// Checks the full 32-byte tag in constant time and returns the authenticated payload.
+    pub fn verify(self, key: &Key) -> Result<(Kid, Vec<u8>), EnvelopeError> {
+        let kid = self.kid;
+        self.mac0.verify_payload_tag(
+            &[],
+            || EnvelopeError::MissingPayload,
+            |tag, data| {
+                if key.verify(&[data], tag) {
+                    Ok(())
+                } else {
+                    Err(EnvelopeError::BadMac(kid.clone()))
+                }
+            },
+        )?;
+        let payload = self.mac0.payload.unwrap_or_default();
+        Ok((kid, payload))
+    }
+}
+
+/// Opens a signed event: structure, key lookup by kid, MAC, strict payload decoding,
+/// `src` = kid, and the signer rules of the catalogue.
+pub fn open_event(
+    bytes: &[u8],
+    limit: usize,
+    key_for: impl FnOnce(&Kid) -> Option<Key>,
+) -> Result<Event, EnvelopeError> {
+    let unverified = Unverified::parse(bytes, limit)?;
+    let key = key_for(unverified.kid())
+        .ok_or_else(|| EnvelopeError::UnknownKid(unverified.kid().clone()))?;
+    let (kid, payload) = unverified.verify(&key)?;
+    let event = Event::decode(&payload, limit)?;
+    if event.src != kid {
+        return Err(EnvelopeError::KidMismatch {
+            kid,
+            src: event.src,
+        });
+    }
+    event.check_signer()?;
+    Ok(event)
+}

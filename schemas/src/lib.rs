@@ -5,6 +5,7 @@
 //!
 //! - [`keys`]: the fleet root secret, HKDF-derived principal keys, serial hashing, MQTT tokens;
 //! - [`ids`]: kids, device ids, event ids;
+//! - [`identity`]: identity files (TOML);
 //! - [`event`]: the typed event catalogue and its deterministic CBOR payload;
 //! - [`envelope`]: the COSE_Mac0 envelope (seal, parse, verify);
 //! - [`record`]: the hash-chained log record;
@@ -22,6 +23,7 @@ pub mod cbor;
 pub mod envelope;
 pub mod event;
 mod fields;
+pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod messages;

@@ -1,0 +1,441 @@
+//! Frame packing: the pure byte layout of record frames and index frames (no IO).
+//!
+//! A *record frame* holds consecutive records `first_seq .. first_seq + count`:
+//!
+//! ```text
+//! u8  version (= 1)
+//! u64 first_seq            (big-endian, as every integer here)
+//! u32 count                (≥ 1)
+//! [32] prev                (the `prev` of the first record)
+//! u32 × count  offsets     (of each entry, from the start of the frame)
+//! entries, each: u64 received_at, [32] hash, u32 len, len bytes of event (the COSE_Mac0)
+//! ```
+//!
+//! `prev` of record *k > first* is the `hash` of record *k − 1* of the same frame, so a frame
+//! is self-contained and a record is found in O(1) through its offset.
+//!
+//! An *index frame* (same `first_seq` and `count`) holds what the in-memory indexes need per
+//! record, so that opening the store never parses CBOR:
+//!
+//! ```text
+//! u8 version (= 1), u64 first_seq, u32 count,
+//! entries, each: [16] event id, u64 principal seq, [8] device (the 16 hex digits as bytes),
+//!                u8 kid_len, kid_len bytes of kid (UTF-8), u8 flags,
+//!                [8] revoked device (only when flags & 1)
+//! ```
+
+use pairbus_schemas::{DeviceId, EventId, Kid, Record};
+use thiserror::Error;
+
+/// Frame format version.
+pub const FRAME_VERSION: u8 = 1;
+/// A frame is closed once it reaches this many bytes (a single large event may exceed it, up
+/// to one event plus the frame overhead). See the module docs of [`crate::log`] for why.
+pub const FRAME_TARGET_BYTES: usize = 16 * 1024;
+/// Longest run of records per frame.
+pub const FRAME_MAX_RECORDS: usize = 256;
+
+const RECORD_HEADER: usize = 1 + 8 + 4 + 32;
+const ENTRY_HEADER: usize = 8 + 32 + 4;
+const INDEX_HEADER: usize = 1 + 8 + 4;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrameError {
+    /// The frame ends before a field it announces.
+    #[error("frame truncated at byte {0}")]
+    Truncated(usize),
+    /// An unknown frame version.
+    #[error("unknown frame version {0}")]
+    Version(u8),
+    /// A field has an impossible value.
+    #[error("bad frame: {0}")]
+    Bad(&'static str),
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], pos: usize) -> Self {
+        Reader { buf, pos }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(FrameError::Truncated(self.pos))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+}
+
+/// A decoded view over a record frame (borrowing its bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFrame<'a> {
+    buf: &'a [u8],
+    /// Seq of the first record.
+    pub first_seq: u64,
+    /// Number of records.
+    pub count: u32,
+    /// `prev` of the first record.
+    pub prev: [u8; 32],
+}
+
+/// One record as stored in a frame (borrowing the event bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// When the broker received the event, Unix ms.
+    pub received_at: u64,
+    /// The stored hash.
+    pub hash: [u8; 32],
+    /// The COSE_Mac0 bytes.
+    pub event: &'a [u8],
+}
+
+impl<'a> RecordFrame<'a> {
+    /// Checks the header and the offset table.
+    pub fn parse(buf: &'a [u8]) -> Result<Self, FrameError> {
+        let mut r = Reader::new(buf, 0);
+        let v = r.u8()?;
+        if v != FRAME_VERSION {
+            return Err(FrameError::Version(v));
+        }
+        let first_seq = r.u64()?;
+        let count = r.u32()?;
+        let prev = r.array()?;
+        if first_seq == 0 || count == 0 {
+            return Err(FrameError::Bad("first_seq and count must be ≥ 1"));
+        }
+        if first_seq.checked_add(u64::from(count)).is_none() {
+            return Err(FrameError::Bad("seq overflow"));
+        }
+        // The offset table must fit.
+        r.take((count as usize).saturating_mul(4))?;
+        Ok(RecordFrame {
+            buf,
+            first_seq,
+            count,
+            prev,
+        })
+    }
+
+    /// Seq one past the last record.
+    pub fn end_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.count)
+    }
+
+    /// The `i`-th entry (0-based).
+    pub fn entry(&self, i: u32) -> Result<Entry<'a>, FrameError> {
+        if i >= self.count {
+            return Err(FrameError::Bad("entry index out of range"));
+        }
+        let mut t = Reader::new(self.buf, RECORD_HEADER + 4 * i as usize);
+        let off = t.u32()? as usize;
+        if off < RECORD_HEADER + 4 * self.count as usize {
+            return Err(FrameError::Bad("offset points into the header"));
+        }
+        let mut r = Reader::new(self.buf, off);
+        let received_at = r.u64()?;
+        let hash = r.array()?;
+        let len = r.u32()? as usize;
+        let event = r.take(len)?;
+        Ok(Entry {
+            received_at,
+            hash,
+            event,
+        })
+    }
+
+    /// The `prev` of the `i`-th record.
+    pub fn prev_of(&self, i: u32) -> Result<[u8; 32], FrameError> {
+        if i == 0 {
+            Ok(self.prev)
+        } else {
+            Ok(self.entry(i - 1)?.hash)
+        }
+    }
+
+    /// The record `seq`, as a [`Record`] (copies the event bytes).
+    pub fn record(&self, seq: u64) -> Result<Record, FrameError> {
+        if seq < self.first_seq || seq >= self.end_seq() {
+            return Err(FrameError::Bad("seq outside the frame"));
+        }
+        let i = (seq - self.first_seq) as u32;
+        let e = self.entry(i)?;
+        Ok(Record {
+            seq,
+            prev: self.prev_of(i)?,
+            hash: e.hash,
+            received_at: e.received_at,
+            event: e.event.to_vec(),
+        })
+    }
+
+    /// The hash of the last record of the frame.
+    pub fn last_hash(&self) -> Result<[u8; 32], FrameError> {
+        Ok(self.entry(self.count - 1)?.hash)
+    }
+}
+
+/// The per-record facts the in-memory indexes are built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The event id (idempotency key).
+    pub id: EventId,
+    /// The signing principal.
+    pub kid: Kid,
+    /// The principal's own `seq` of the event.
+    pub kid_seq: u64,
+    /// The device the event is about.
+    pub device: DeviceId,
+    /// `Some(D)` when the event is a `device.revoked` about D.
+    pub revokes: Option<DeviceId>,
+}
+
+fn device_bytes(d: &DeviceId) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    // A DeviceId is always 16 lower-case hex digits; fall back to zeros defensively.
+    let _ = hex::decode_to_slice(d.as_str(), &mut out);
+    out
+}
+
+fn device_from_bytes(b: [u8; 8]) -> Result<DeviceId, FrameError> {
+    DeviceId::parse(&hex::encode(b)).map_err(|_| FrameError::Bad("device id"))
+}
+
+/// Encodes one index entry onto `out`.
+pub fn push_index_entry(out: &mut Vec<u8>, e: &IndexEntry) {
+    out.extend_from_slice(&e.id.0);
+    out.extend_from_slice(&e.kid_seq.to_be_bytes());
+    out.extend_from_slice(&device_bytes(&e.device));
+    let kid = e.kid.to_string();
+    // Kids are at most "operator:" + 64 characters, well under 255.
+    let kid = &kid.as_bytes()[..kid.len().min(255)];
+    out.push(kid.len() as u8);
+    out.extend_from_slice(kid);
+    match &e.revokes {
+        Some(d) => {
+            out.push(1);
+            out.extend_from_slice(&device_bytes(d));
+        }
+        None => out.push(0),
+    }
+}
+
+/// Decodes an index frame into `(first_seq, entries)`.
+pub fn decode_index_frame(buf: &[u8]) -> Result<(u64, Vec<IndexEntry>), FrameError> {
+    let mut r = Reader::new(buf, 0);
+    let v = r.u8()?;
+    if v != FRAME_VERSION {
+        return Err(FrameError::Version(v));
+    }
+    let first_seq = r.u64()?;
+    let count = r.u32()?;
+    if first_seq == 0 || count == 0 {
+        return Err(FrameError::Bad("first_seq and count must be ≥ 1"));
+    }
+    let mut out = Vec::with_capacity((count as usize).min(FRAME_MAX_RECORDS));
+    for _ in 0..count {
+        let id = EventId(r.array()?);
+        let kid_seq = r.u64()?;
+        let device = device_from_bytes(r.array()?)?;
+        let kid_len = r.u8()? as usize;
+        let kid_text =
+            std::str::from_utf8(r.take(kid_len)?).map_err(|_| FrameError::Bad("kid utf-8"))?;
+        let kid = Kid::parse(kid_text).map_err(|_| FrameError::Bad("kid"))?;
+        let revokes = match r.u8()? {
+            0 => None,
+            1 => Some(device_from_bytes(r.array()?)?),
+            _ => return Err(FrameError::Bad("flags")),
+        };
+        out.push(IndexEntry {
+            id,
+            kid,
+            kid_seq,
+            device,
+            revokes,
+        });
+    }
+    if r.pos != buf.len() {
+        return Err(FrameError::Bad("trailing bytes in index frame"));
+    }
+    Ok((first_seq, out))
+}
+
+/// One frame being packed: the record frame and its index frame side by side.
+#[derive(Debug)]
+pub struct FrameBuilder {
+    first_seq: u64,
+    prev: [u8; 32],
+    entries: Vec<u8>,
+    offsets: Vec<u32>,
+    index: Vec<u8>,
+}
+
+impl FrameBuilder {
+    /// Starts a frame whose first record is `first_seq` with `prev`.
+    pub fn new(first_seq: u64, prev: [u8; 32]) -> Self {
+        FrameBuilder {
+            first_seq,
+            prev,
+            entries: Vec::with_capacity(FRAME_TARGET_BYTES + 1024),
+            offsets: Vec::new(),
+            index: Vec::new(),
+        }
+    }
+
+    /// Seq of the first record.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Number of records so far.
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// True when no record has been added.
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// True when the frame should be closed before adding an event of `event_len` bytes.
+    pub fn is_full_for(&self, event_len: usize) -> bool {
+        !self.is_empty()
+            && (self.offsets.len() >= FRAME_MAX_RECORDS
+                || self.entries.len() + ENTRY_HEADER + event_len > FRAME_TARGET_BYTES)
+    }
+
+    /// Adds the next record (its seq is `first_seq + len()`).
+    pub fn push(&mut self, received_at: u64, hash: &[u8; 32], event: &[u8], ix: &IndexEntry) {
+        self.offsets.push(self.entries.len() as u32);
+        self.entries.extend_from_slice(&received_at.to_be_bytes());
+        self.entries.extend_from_slice(hash);
+        self.entries
+            .extend_from_slice(&(event.len() as u32).to_be_bytes());
+        self.entries.extend_from_slice(event);
+        push_index_entry(&mut self.index, ix);
+    }
+
+    /// The encoded `(record frame, index frame)`.
+    pub fn finish(self) -> (Vec<u8>, Vec<u8>) {
+        let count = self.offsets.len() as u32;
+        let table = RECORD_HEADER + 4 * self.offsets.len();
+        let mut rec = Vec::with_capacity(table + self.entries.len());
+        rec.push(FRAME_VERSION);
+        rec.extend_from_slice(&self.first_seq.to_be_bytes());
+        rec.extend_from_slice(&count.to_be_bytes());
+        rec.extend_from_slice(&self.prev);
+        for o in &self.offsets {
+            rec.extend_from_slice(&((*o as usize + table) as u32).to_be_bytes());
+        }
+        rec.extend_from_slice(&self.entries);
+        let mut ix = Vec::with_capacity(INDEX_HEADER + self.index.len());
+        ix.push(FRAME_VERSION);
+        ix.extend_from_slice(&self.first_seq.to_be_bytes());
+        ix.extend_from_slice(&count.to_be_bytes());
+        ix.extend_from_slice(&self.index);
+        (rec, ix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pairbus_schemas::GENESIS;
+    use proptest::prelude::*;
+
+    fn ix(n: u8) -> IndexEntry {
+        IndexEntry {
+            id: EventId([n; 16]),
+            kid: Kid::parse("device:00112233445566aa").unwrap(),
+            kid_seq: u64::from(n) + 1,
+            device: DeviceId::parse("00112233445566aa").unwrap(),
+            revokes: (n % 3 == 0).then(|| DeviceId::parse("ffeeddccbbaa0099").unwrap()),
+        }
+    }
+
+    fn build(first: u64, events: &[Vec<u8>]) -> (Vec<Record>, Vec<u8>, Vec<u8>) {
+        let mut prev = GENESIS;
+        let mut b = FrameBuilder::new(first, prev);
+        let mut recs = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let r = Record::chain(prev, first + i as u64, 1000 + i as u64, e.clone());
+            b.push(r.received_at, &r.hash, &r.event, &ix(i as u8));
+            prev = r.hash;
+            recs.push(r);
+        }
+        let (rf, ixf) = b.finish();
+        (recs, rf, ixf)
+    }
+
+    #[test]
+    fn round_trip_records_and_index() {
+        let events: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
+        let (recs, rf, ixf) = build(7, &events);
+        let f = RecordFrame::parse(&rf).unwrap();
+        assert_eq!((f.first_seq, f.count, f.end_seq()), (7, 5, 12));
+        for r in &recs {
+            assert_eq!(&f.record(r.seq).unwrap(), r);
+        }
+        assert_eq!(f.last_hash().unwrap(), recs[4].hash);
+        assert!(f.record(6).is_err() && f.record(12).is_err());
+        let (first, entries) = decode_index_frame(&ixf).unwrap();
+        assert_eq!(first, 7);
+        assert_eq!(entries, (0..5u8).map(ix).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn fullness() {
+        let mut b = FrameBuilder::new(1, GENESIS);
+        assert!(!b.is_full_for(1 << 20), "an empty frame always takes one event");
+        b.push(0, &[0; 32], &[0; 100], &ix(1));
+        assert!(!b.is_full_for(1000));
+        assert!(b.is_full_for(FRAME_TARGET_BYTES));
+    }
+
+    proptest! {
+        #[test]
+        fn any_frame_round_trips(first in 1u64..1_000_000, sizes in proptest::collection::vec(0usize..300, 1..40)) {
+            let events: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, n)| vec![i as u8; *n]).collect();
+            let (recs, rf, _) = build(first, &events);
+            let f = RecordFrame::parse(&rf).unwrap();
+            for r in &recs {
+                prop_assert_eq!(&f.record(r.seq).unwrap(), r);
+            }
+        }
+
+        #[test]
+        fn corrupted_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), flip in any::<usize>()) {
+            let (_, mut rf, mut ixf) = build(3, &[vec![1; 20], vec![2; 30]]);
+            if !rf.is_empty() { let i = flip % rf.len(); rf[i] ^= 0x5a; }
+            if !ixf.is_empty() { let i = flip % ixf.len(); ixf[i] ^= 0x5a; }
+            for buf in [&bytes, &rf] {
+                if let Ok(f) = RecordFrame::parse(buf) {
+                    for i in 0..f.count.min(1000) { let _ = f.entry(i); }
+                }
+            }
+            let _ = decode_index_frame(&bytes);
+            let _ = decode_index_frame(&ixf);
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! [`SledLog`]: the [`LogStore`] over sled 0.34.7 (IO lives here; decisions do not).
+
+use super::frame::{decode_index_frame, FrameBuilder, RecordFrame};
+use super::index::{plan_batch, Decision, Indexes};
+use super::store::{AppendOutcome, Head, LogError, LogStore, VerifiedEvent};
+use super::verify::{VerifyReport, Walker};
+use pairbus_schemas::messages::Checkpoint;
+use pairbus_schemas::{DeviceId, Key, Kid, Record, RootSecret, GENESIS};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use tokio::sync::watch;
+
+/// Key prefix of record frames (`f` + first seq, u64 big-endian).
+pub const FRAME_PREFIX: u8 = b'f';
+/// Key prefix of index frames (`i` + first seq, u64 big-endian).
+pub const INDEX_PREFIX: u8 = b'i';
+/// Key prefix of signed checkpoints (`c` + seq, u64 big-endian).
+pub const CHECKPOINT_PREFIX: u8 = b'c';
+/// Key of the layout tag.
+pub const META_KEY: &[u8] = b"m";
+/// Value of the layout tag.
+pub const LAYOUT_TAG: &[u8] = b"pairbus-log/1";
+/// sled segment size. sled writes any log message larger than `segment_size / 4` to its own
+/// file under `blobs/`, which it never fsyncs; a leaf holds up to 17 entries before it splits,
+/// so 8 MiB segments (2 MiB threshold) keep every node of 17 frames (≤ ~80 KiB each) inline.
+pub const SEGMENT_SIZE: usize = 8 << 20;
+
+/// The 9-byte key `prefix || seq (u64 BE)`.
+pub fn key(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of_key(k: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = k.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// How to open a [`SledLog`].
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// The sled directory (`conf`, `db`, `blobs/`, `snap.*` live in it).
+    pub path: PathBuf,
+    /// Sign a checkpoint once this many records were appended since the last one.
+    pub checkpoint_every: u64,
+    /// … or once this many ms passed since the last one (checked at each commit).
+    pub checkpoint_interval_ms: u64,
+    /// sled page cache size in bytes.
+    pub cache_capacity: u64,
+}
+
+impl LogConfig {
+    /// Defaults: a checkpoint every 10,000 records or 60 s, 1 GiB of cache.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        LogConfig {
+            path: path.into(),
+            checkpoint_every: 10_000,
+            checkpoint_interval_ms: 60_000,
+            cache_capacity: 1 << 30,
+        }
+    }
+
+    /// The sled configuration the log uses (also for tools that open the tree directly).
+    pub fn sled_config(&self) -> sled::Config {
+        sled::Config::new()
+            .path(&self.path)
+            .segment_size(SEGMENT_SIZE)
+            .flush_every_ms(None)
+            .cache_capacity(self.cache_capacity)
+            .mode(sled::Mode::HighThroughput)
+    }
+}
+
+#[derive(Debug)]
+struct Writer {
+    next_seq: u64,
+    head_hash: [u8; 32],
+    last_checkpoint_seq: u64,
+    last_checkpoint_at: u64,
+    poisoned: bool,
+    synced_blobs: HashSet<OsString>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    indexes: Indexes,
+    /// First seq of every frame, increasing.
+    frames: Vec<u64>,
+    /// The last signed checkpoint.
+    checkpoint: Option<Checkpoint>,
+}
+
+/// The event log over sled: one tree, key prefixes, one `Batch` + one flush + one real sync
+/// per commit. See the [module docs](crate::log) for the layout and the guarantees.
+pub struct SledLog {
+    config: LogConfig,
+    db: sled::Db,
+    db_file: File,
+    root: RootSecret,
+    broker_key: Key,
+    writer: Mutex<Writer>,
+    shared: RwLock<Shared>,
+    durable: AtomicU64,
+    head_tx: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for SledLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledLog")
+            .field("path", &self.config.path)
+            .field("durable", &self.durable.load(Ordering::Acquire))
+            .finish()
+    }
+}
+
+fn sync_path(p: &Path, op: &'static str) -> Result<(), LogError> {
+    File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(LogError::io(op))
+}
+
+impl SledLog {
+    /// Opens (or creates) the log at `config.path`; `root` derives the keys `verify` checks
+    /// and the `broker` key that signs checkpoints. Rebuilds the indexes from the index frames.
+    pub fn open(config: LogConfig, root: RootSecret) -> Result<Self, LogError> {
+        let _span = tracing::info_span!("log.open", path = %config.path.display()).entered();
+        std::fs::create_dir_all(&config.path).map_err(LogError::io("create log directory"))?;
+        let db = config.sled_config().open()?;
+        match db.get(META_KEY)? {
+            Some(tag) if tag.as_ref() == LAYOUT_TAG => {}
+            Some(tag) => {
+                return Err(LogError::Corrupt {
+                    at: "layout tag".into(),
+                    detail: format!("unknown layout {:?}", String::from_utf8_lossy(&tag)),
+                })
+            }
+            None if db.is_empty() => {
+                db.insert(META_KEY, LAYOUT_TAG)?;
+                db.flush()?;
+            }
+            None => {
+                return Err(LogError::Corrupt {
+                    at: "layout tag".into(),
+                    detail: "missing in a non-empty database".into(),
+                })
+            }
+        }
+        let db_file = File::open(config.path.join("db")).map_err(LogError::io("open db file"))?;
+        // Make the files and their directory entries durable once.
+        db_file.sync_all().map_err(LogError::io("fsync db"))?;
+        sync_path(&config.path.join("conf"), "fsync conf")?;
+        sync_path(&config.path, "fsync log directory")?;
+        if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_path(parent, "fsync parent directory")?;
+        }
+
+        let mut shared = Shared::default();
+        let mut next = 1u64;
+        for item in db.scan_prefix([INDEX_PREFIX]) {
+            let (k, v) = item?;
+            let at = || format!("index frame {}", String::from_utf8_lossy(&k));
+            let (first, entries) = decode_index_frame(&v).map_err(|e| LogError::corrupt(at(), e))?;
+            if first != next || seq_of_key(&k) != Some(first) {
+                return Err(LogError::Corrupt {
+                    at: format!("index frame at seq {first}"),
+                    detail: format!("expected seq {next}"),
+                });
+            }
+            for (i, e) in entries.iter().enumerate() {
+                shared.indexes.insert(first + i as u64, e);
+            }
+            shared.frames.push(first);
+            next = first + entries.len() as u64;
+        }
+        let head_hash = match shared.frames.last() {
+            None => GENESIS,
+            Some(&first) => {
+                let last_key = db
+                    .scan_prefix([FRAME_PREFIX])
+                    .keys()
+                    .next_back()
+                    .transpose()?;
+                if last_key.as_deref() != Some(&key(FRAME_PREFIX, first)[..]) {
+                    return Err(LogError::Corrupt {
+                        at: format!("frame {first}"),
+                        detail: "record frames and index frames disagree".into(),
+                    });
+                }
+                let v = db
+                    .get(key(FRAME_PREFIX, first))?
+                    .ok_or_else(|| LogError::Corrupt {
+                        at: format!("frame {first}"),
+                        detail: "missing".into(),
+                    })?;
+                let f = RecordFrame::parse(&v).map_err(|e| LogError::corrupt(first, e))?;
+                if f.end_seq() != next {
+                    return Err(LogError::Corrupt {
+                        at: format!("frame {first}"),
+                        detail: "record count differs from its index frame".into(),
+                    });
+                }
+                f.last_hash().map_err(|e| LogError::corrupt(first, e))?
+            }
+        };
+        let mut last_checkpoint_seq = 0;
+        let mut last_checkpoint_at = 0;
+        if let Some(item) = db.scan_prefix([CHECKPOINT_PREFIX]).next_back() {
+            let (k, v) = item?;
+            let c = Checkpoint::decode(&v).map_err(|e| LogError::Corrupt {
+                at: format!("checkpoint {:?}", seq_of_key(&k)),
+                detail: e.to_string(),
+            })?;
+            last_checkpoint_seq = c.seq;
+            last_checkpoint_at = c.at;
+            shared.checkpoint = Some(c);
+        }
+        let head = next - 1;
+        tracing::info!(head, frames = shared.frames.len(), "log opened");
+        let (head_tx, _) = watch::channel(head);
+        Ok(SledLog {
+            broker_key: root.derive(&Kid::broker()),
+            root,
+            db,
+            db_file,
+            writer: Mutex::new(Writer {
+                next_seq: next,
+                head_hash,
+                last_checkpoint_seq,
+                last_checkpoint_at,
+                poisoned: false,
+                synced_blobs: HashSet::new(),
+            }),
+            shared: RwLock::new(shared),
+            durable: AtomicU64::new(head),
+            head_tx,
+            config,
+        })
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// The last signed checkpoint (publish it retained on `pairbus/v1/checkpoints`).
+    pub fn latest_checkpoint(&self) -> Option<Checkpoint> {
+        self.read_shared().checkpoint.clone()
+    }
+
+    /// All stored checkpoints, in seq order.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, LogError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([CHECKPOINT_PREFIX]) {
+            let (k, v) = item?;
+            out.push(Checkpoint::decode(&v).map_err(|e| LogError::Corrupt {
+                at: format!("checkpoint {:?}", seq_of_key(&k)),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The log seq of an event id, if committed (the idempotency index).
+    pub fn seq_of(&self, id: &pairbus_schemas::EventId) -> Option<u64> {
+        let s = self.read_shared().indexes.seq_of(id)?;
+        (s <= self.durable_seq()).then_some(s)
+    }
+
+    /// True when `kid` is a device revoked by a committed `device.revoked`.
+    pub fn is_revoked(&self, kid: &Kid) -> bool {
+        self.read_shared().indexes.is_revoked(kid)
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    fn read_shared(&self) -> std::sync::RwLockReadGuard<'_, Shared> {
+        // A panic while holding the lock cannot leave `Shared` half-updated in a way readers
+        // care about (updates are single inserts), so a poisoned lock is still readable.
+        self.shared.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn frame_of(&self, seq: u64) -> Option<u64> {
+        let s = self.read_shared();
+        let i = s.frames.partition_point(|&f| f <= seq);
+        i.checked_sub(1).map(|i| s.frames[i])
+    }
+
+    fn load_frame(&self, first: u64) -> Result<sled::IVec, LogError> {
+        self.db
+            .get(key(FRAME_PREFIX, first))?
+            .ok_or_else(|| LogError::Corrupt {
+                at: format!("frame {first}"),
+                detail: "indexed frame missing".into(),
+            })
+    }
+
+    /// Appends the durable records with seq in `range` to `out`, in order; returns how many.
+    pub fn read_into(&self, range: Range<u64>, out: &mut Vec<Record>) -> Result<usize, LogError> {
+        let end = range.end.min(self.durable_seq() + 1);
+        let start = range.start.max(1);
+        if start >= end {
+            return Ok(0);
+        }
+        let Some(first) = self.frame_of(start) else {
+            return Ok(0);
+        };
+        let before = out.len();
+        for item in self
+            .db
+            .range(key(FRAME_PREFIX, first)..key(FRAME_PREFIX, end))
+        {
+            let (k, v) = item?;
+            let f = RecordFrame::parse(&v).map_err(|e| LogError::corrupt(first, e))?;
+            let at = seq_of_key(&k).unwrap_or(0);
+            for seq in f.first_seq.max(start)..f.end_seq().min(end) {
+                out.push(f.record(seq).map_err(|e| LogError::corrupt(at, e))?);
+            }
+        }
+        Ok(out.len() - before)
+    }
+
+    /// Counts and checks the size of the durable records in `range` without copying them
+    /// (the catch-up read path without allocation; used by the benchmark).
+    pub fn scan_bytes(&self, range: Range<u64>) -> Result<(u64, u64), LogError> {
+        let end = range.end.min(self.durable_seq() + 1);
+        let start = range.start.max(1);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        let Some(first) = self.frame_of(start) else {
+            return Ok((0, 0));
+        };
+        for item in self
+            .db
+            .range(key(FRAME_PREFIX, first)..key(FRAME_PREFIX, end))
+        {
+            let (_, v) = item?;
+            let f = RecordFrame::parse(&v).map_err(|e| LogError::corrupt(first, e))?;
+            for seq in f.first_seq.max(start)..f.end_seq().min(end) {
+                let e = f
+                    .entry((seq - f.first_seq) as u32)
+                    .map_err(|e| LogError::corrupt(seq, e))?;
+                n += 1;
+                bytes += e.event.len() as u64;
+            }
+        }
+        Ok((n, bytes))
+    }
+
+    /// fsyncs any blob file sled wrote (never expected with [`SEGMENT_SIZE`]; a safety net).
+    fn sync_blobs(&self, w: &mut Writer) -> Result<(), LogError> {
+        let dir = self.config.path.join("blobs");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(LogError::io("list blobs")(e)),
+        };
+        let mut new = false;
+        for entry in entries {
+            let entry = entry.map_err(LogError::io("list blobs"))?;
+            if w.synced_blobs.insert(entry.file_name()) {
+                tracing::warn!(blob = ?entry.file_name(), "sled wrote a blob; fsyncing it");
+                sync_path(&entry.path(), "fsync blob")?;
+                new = true;
+            }
+        }
+        if new {
+            sync_path(&dir, "fsync blobs directory")?;
+        }
+        Ok(())
+    }
+
+    fn commit(
+        &self,
+        w: &mut Writer,
+        events: &[VerifiedEvent],
+        plan: &[Decision],
+        received_at: u64,
+    ) -> Result<(Vec<Record>, Vec<u64>, Option<Checkpoint>), LogError> {
+        let appended = plan
+            .iter()
+            .filter(|d| matches!(d, Decision::Append(_)))
+            .count() as u64;
+        let mut records = Vec::with_capacity(appended as usize);
+        let mut frames = Vec::new();
+        let mut batch = sled::Batch::default();
+        let mut prev = w.head_hash;
+        let mut fb: Option<FrameBuilder> = None;
+        let flush_frame = |fb: FrameBuilder, batch: &mut sled::Batch, frames: &mut Vec<u64>| {
+            let first = fb.first_seq();
+            let (rec, ix) = fb.finish();
+            batch.insert(&key(FRAME_PREFIX, first), rec);
+            batch.insert(&key(INDEX_PREFIX, first), ix);
+            frames.push(first);
+        };
+        for (e, d) in events.iter().zip(plan) {
+            let Decision::Append(seq) = *d else { continue };
+            let r = Record::chain(prev, seq, received_at, e.bytes.clone());
+            if fb.as_ref().is_some_and(|b| b.is_full_for(r.event.len())) {
+                if let Some(b) = fb.take() {
+                    flush_frame(b, &mut batch, &mut frames);
+                }
+            }
+            let b = fb.get_or_insert_with(|| FrameBuilder::new(seq, prev));
+            b.push(received_at, &r.hash, &r.event, &e.index_entry());
+            prev = r.hash;
+            records.push(r);
+        }
+        if let Some(b) = fb.take() {
+            flush_frame(b, &mut batch, &mut frames);
+        }
+        let head = w.next_seq + appended - 1;
+        let checkpoint = (appended > 0
+            && (head - w.last_checkpoint_seq >= self.config.checkpoint_every
+                || received_at.saturating_sub(w.last_checkpoint_at)
+                    >= self.config.checkpoint_interval_ms))
+            .then(|| Checkpoint::sign(head, prev, received_at, &self.broker_key));
+        if let Some(c) = &checkpoint {
+            batch.insert(&key(CHECKPOINT_PREFIX, c.seq), c.encode());
+        }
+        // From here on a failure leaves sled's state unknown: the caller poisons the store.
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        self.db_file
+            .sync_data()
+            .map_err(LogError::io("fdatasync db"))?;
+        self.sync_blobs(w)?;
+        w.next_seq = head + 1;
+        w.head_hash = prev;
+        if let Some(c) = &checkpoint {
+            w.last_checkpoint_seq = c.seq;
+            w.last_checkpoint_at = c.at;
+        }
+        Ok((records, frames, checkpoint))
+    }
+}
+
+impl LogStore for SledLog {
+    fn append_batch(
+        &self,
+        events: Vec<VerifiedEvent>,
+        received_at: u64,
+    ) -> Result<Vec<AppendOutcome>, LogError> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if w.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        let plan = plan_batch(&self.read_shared().indexes, &events, w.next_seq);
+        let appended = plan
+            .iter()
+            .filter(|d| matches!(d, Decision::Append(_)))
+            .count() as u64;
+        if appended == 0 {
+            return Ok(plan
+                .into_iter()
+                .filter_map(|d| match d {
+                    Decision::Skip(o) => Some(o),
+                    Decision::Append(_) => None,
+                })
+                .collect());
+        }
+        if w.next_seq.checked_add(appended).is_none() {
+            return Err(LogError::Full);
+        }
+        let span = tracing::info_span!(
+            "log.commit",
+            first_seq = w.next_seq,
+            events = events.len(),
+            appended
+        );
+        let _enter = span.enter();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.commit(&mut w, &events, &plan, received_at)
+        }));
+        let (records, frames, checkpoint) = match result {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "commit failed; log poisoned");
+                w.poisoned = true;
+                return Err(e);
+            }
+            Err(panic) => {
+                w.poisoned = true;
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(%detail, "storage engine panicked during commit; log poisoned");
+                return Err(LogError::Io {
+                    op: "commit (storage engine panicked)",
+                    source: std::io::Error::other(detail),
+                });
+            }
+        };
+        let head = w.next_seq - 1;
+        {
+            let mut s = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            s.indexes.apply(&events, &plan);
+            s.frames.extend(frames);
+            if checkpoint.is_some() {
+                s.checkpoint = checkpoint;
+            }
+        }
+        self.durable.store(head, Ordering::Release);
+        self.head_tx.send_replace(head);
+        tracing::debug!(head, "committed");
+        drop(w);
+        let mut records = records.into_iter();
+        Ok(plan
+            .into_iter()
+            .map(|d| match d {
+                Decision::Skip(o) => o,
+                Decision::Append(seq) => match records.next() {
+                    Some(r) => AppendOutcome::Committed(r),
+                    // Unreachable: one record per Append, in order.
+                    None => AppendOutcome::AlreadyCommitted(seq),
+                },
+            })
+            .collect())
+    }
+
+    fn head(&self) -> Head {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        Head {
+            seq: w.next_seq - 1,
+            hash: w.head_hash,
+        }
+    }
+
+    fn get(&self, seq: u64) -> Result<Option<Record>, LogError> {
+        if seq == 0 || seq > self.durable_seq() {
+            return Ok(None);
+        }
+        let Some(first) = self.frame_of(seq) else {
+            return Ok(None);
+        };
+        let v = self.load_frame(first)?;
+        let f = RecordFrame::parse(&v).map_err(|e| LogError::corrupt(first, e))?;
+        f.record(seq)
+            .map(Some)
+            .map_err(|e| LogError::corrupt(seq, e))
+    }
+
+    fn range(&self, range: Range<u64>) -> Result<Vec<Record>, LogError> {
+        let mut out = Vec::new();
+        self.read_into(range, &mut out)?;
+        Ok(out)
+    }
+
+    fn by_device(&self, device: &DeviceId, range: Range<u64>) -> Result<Vec<Record>, LogError> {
+        let end = range.end.min(self.durable_seq() + 1);
+        let (seqs, frames): (Vec<u64>, Vec<u64>) = {
+            let s = self.read_shared();
+            let all = s.indexes.device_seqs(device);
+            let lo = all.partition_point(|&x| x < range.start);
+            let hi = all.partition_point(|&x| x < end);
+            all[lo..hi]
+                .iter()
+                .map(|&seq| {
+                    let i = s.frames.partition_point(|&f| f <= seq);
+                    (seq, i.checked_sub(1).map(|i| s.frames[i]).unwrap_or(0))
+                })
+                .unzip()
+        };
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut cur: Option<(u64, sled::IVec)> = None;
+        for (seq, first) in seqs.into_iter().zip(frames) {
+            if cur.as_ref().map(|c| c.0) != Some(first) {
+                cur = Some((first, self.load_frame(first)?));
+            }
+            if let Some((_, v)) = &cur {
+                let f = RecordFrame::parse(v).map_err(|e| LogError::corrupt(first, e))?;
+                out.push(f.record(seq).map_err(|e| LogError::corrupt(seq, e))?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn verify(&self) -> Result<VerifyReport, LogError> {
+        let _span = tracing::info_span!("log.verify").entered();
+        let head = self.durable_seq();
+        let mut walker = Walker::new(&self.root);
+        for item in self.db.scan_prefix([CHECKPOINT_PREFIX]) {
+            let (_, v) = item?;
+            walker.checkpoint(
+                Checkpoint::decode(&v).map_err(|e| e.to_string()),
+                &self.broker_key,
+            );
+        }
+        let mut index = self.db.scan_prefix([INDEX_PREFIX]);
+        for item in self
+            .db
+            .range(key(FRAME_PREFIX, 1)..=key(FRAME_PREFIX, head.max(1)))
+        {
+            if walker.failed() {
+                break;
+            }
+            let (k, v) = item?;
+            let ix = match index.next().transpose()? {
+                Some((ik, iv)) if ik.get(1..) == k.get(1..) => decode_index_frame(&iv)
+                    .map(|(_, e)| e)
+                    .map_err(|e| e.to_string()),
+                Some(_) => Err("index frame keys differ from record frame keys".into()),
+                None => Err("index frame missing".into()),
+            };
+            walker.frame(&v, ix);
+        }
+        let report = walker.finish(head);
+        tracing::info!(records = report.records, ok = report.is_ok(), "verified");
+        Ok(report)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.head_tx.subscribe()
+    }
+}

@@ -1,1 +1,29 @@
-//! placeholder
+//! # pairbus-projector: the log folded into device state, the pairing graph and audit views
+//!
+//! - [`fold`]: the pure fold, `Projector::apply(&mut Projections, &Record) -> Vec<Effect>`;
+//!   no IO, no clock (time is the event's `ts` and the record's `received_at`);
+//! - [`decode`]: reading a record's event without re-verifying its MAC (the broker did);
+//! - [`model`]: the views (device card, trail entry, alert) and their JSON shapes;
+//! - [`graph`]: the pairing-graph view, its invariants and text/dot renderings;
+//! - [`query`]: the read side shared by the CLI and (later) the HTTP API;
+//! - [`store`]: the shell that persists projections in sled with an atomic checkpoint;
+//! - [`export`]: reading log export files (`cbor-seq`, `jsonl`) with chain verification;
+//! - [`testkit`]: generators of signed logs for tests and benchmarks.
+//!
+//! The JSON shapes and the fold's rules are documented in this crate's README.md.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cbor;
+pub mod decode;
+pub mod export;
+pub mod fold;
+pub mod graph;
+pub mod model;
+pub mod query;
+pub mod store;
+pub mod testkit;
+pub mod wire;
+
+pub use fold::{Config, Effect, KeyResolver, NoKeys, Projections, Projector};
+pub use model::{Alert, Code, DeviceCard, DeviceState, Status, TrailEntry};

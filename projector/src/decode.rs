@@ -1,0 +1,376 @@
+//! Decoding a log record's event without re-verifying its MAC.
+//!
+//! Records reach the projector after the broker verified their MAC, `src` = kid and the signer
+//! rules (`open_event`). Re-checking an HMAC per event would cap the fold far below its goal, so
+//! the projector trusts the log's MACs (the chain hash protects the log itself) and only decodes:
+//!
+//! 1. [`split_cose`] walks the COSE_Mac0 bytes in place (tag 17, `[protected, {}, payload,
+//!    tag]`, protected = `{1: 5, 4: kid}`) and returns the kid and the payload slice;
+//! 2. [`decode_payload`] reads the payload into a [`pairbus_schemas::Event`] with a zero-copy
+//!    reader that accepts only the deterministic encoding and the closed maps of the catalogue;
+//! 3. anything the fast path does not accept is handed to the strict decoders of
+//!    `pairbus-schemas` ([`pairbus_schemas::Unverified::parse`], [`pairbus_schemas::Event::decode`])
+//!    which either decode it or say precisely why not.
+//!
+//! Then the defensive checks that cost no cryptography run again: `src` = kid and
+//! [`pairbus_schemas::Event::check_signer`]. A record that fails any of this becomes a refused
+//! trail entry and an alert in the fold, never a panic.
+
+use crate::cbor::{Reader, MAP, TEXT};
+use pairbus_schemas::event::{
+    Action, Activated, Command, CommandCompleted, CommandIssued, Component, Manufactured,
+    MetaValue, Metadata, ModeChanged, Outcome, PairingAccepted, PairingEnded, PairingOffered,
+    PairingRequested, Revoked, Role, SetupCompleted, Unpaired,
+};
+use pairbus_schemas::{
+    Body, DeviceId, Event, EventId, EventType, Kid, Unverified, MAX_EVENT_SIZE, SCHEMA_VERSION,
+};
+
+/// Why a record's event could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventDecodeError {
+    /// The COSE_Mac0 envelope is malformed.
+    #[error("envelope: {0}")]
+    Envelope(String),
+    /// The payload is not a valid v1 event.
+    #[error("payload: {0}")]
+    Payload(String),
+    /// The payload's `src` differs from the envelope's kid.
+    #[error("payload src {src} does not equal the envelope kid {kid}")]
+    KidMismatch {
+        /// The envelope's kid.
+        kid: String,
+        /// The payload's src.
+        src: String,
+    },
+    /// The signer may not make this event.
+    #[error("{0}")]
+    Signer(String),
+}
+
+/// Decodes the event held by a record (MAC not checked: see the module docs).
+pub fn decode_event(cose: &[u8]) -> Result<Event, EventDecodeError> {
+    let (kid, payload) = match split_cose(cose) {
+        Some(parts) => parts,
+        None => return Err(slow_envelope_error(cose)),
+    };
+    let kid = Kid::parse(kid).map_err(|e| EventDecodeError::Envelope(e.to_string()))?;
+    let event = match decode_payload(payload) {
+        Some(e) => e,
+        None => Event::decode(payload, MAX_EVENT_SIZE)
+            .map_err(|e| EventDecodeError::Payload(e.to_string()))?,
+    };
+    if event.src != kid {
+        return Err(EventDecodeError::KidMismatch {
+            kid: kid.to_string(),
+            src: event.src.to_string(),
+        });
+    }
+    event
+        .check_signer()
+        .map_err(|e| EventDecodeError::Signer(e.to_string()))?;
+    Ok(event)
+}
+
+fn slow_envelope_error(cose: &[u8]) -> EventDecodeError {
+    match Unverified::parse(cose, MAX_EVENT_SIZE) {
+        Err(e) => EventDecodeError::Envelope(e.to_string()),
+        Ok(_) => EventDecodeError::Envelope("unsupported COSE_Mac0 layout".into()),
+    }
+}
+
+/// Splits a COSE_Mac0 in pairbus's one accepted layout into (kid text, payload bytes).
+pub fn split_cose(cose: &[u8]) -> Option<(&str, &[u8])> {
+    if cose.len() > MAX_EVENT_SIZE {
+        return None;
+    }
+    let mut r = Reader::new(cose);
+    // tag 17, array of 4
+    if r.head()? != (crate::cbor::TAG, 17) || r.array_len()? != 4 {
+        return None;
+    }
+    let protected = r.bytes()?;
+    let mut p = Reader::new(protected);
+    if p.map_len()? != 2 || p.uint()? != 1 || p.uint()? != 5 || p.uint()? != 4 {
+        return None;
+    }
+    let kid = std::str::from_utf8(p.bytes()?).ok()?;
+    if !p.is_empty() || r.map_len()? != 0 {
+        return None;
+    }
+    let payload = r.bytes()?;
+    let tag = r.bytes()?;
+    if tag.len() != 32 || !r.is_empty() {
+        return None;
+    }
+    Some((kid, payload))
+}
+
+/// A closed map read in place: text keys in deterministic order, values as sub-readers.
+struct MapView<'a> {
+    keys: [&'a str; 8],
+    values: [Reader<'a>; 8],
+    len: usize,
+    used: u8,
+}
+
+impl<'a> MapView<'a> {
+    fn read(r: &mut Reader<'a>) -> Option<Self> {
+        let n = usize::try_from(r.map_len()?).ok()?;
+        if n > 8 {
+            return None;
+        }
+        let empty = Reader::new(&[]);
+        let mut m = MapView {
+            keys: [""; 8],
+            values: [empty; 8],
+            len: n,
+            used: 0,
+        };
+        let mut prev: &str = "";
+        for i in 0..n {
+            if r.peek_major()? != TEXT {
+                return None;
+            }
+            let k = r.text()?;
+            // Deterministic order of short text keys: shorter first, then bytewise; strictly
+            // increasing also refuses duplicates.
+            if i > 0 && (k.len(), k.as_bytes()) <= (prev.len(), prev.as_bytes()) {
+                return None;
+            }
+            if k.len() >= 24 {
+                return None;
+            }
+            prev = k;
+            m.keys[i] = k;
+            let start = *r;
+            r.skip()?;
+            m.values[i] = start;
+        }
+        Some(m)
+    }
+
+    fn get(&mut self, name: &str) -> Option<Reader<'a>> {
+        (0..self.len).find(|&i| self.keys[i] == name).map(|i| {
+            self.used |= 1 << i;
+            self.values[i]
+        })
+    }
+
+    fn finish(&self) -> Option<()> {
+        (u32::from(self.used).count_ones() as usize == self.len).then_some(())
+    }
+
+    fn text(&mut self, name: &str) -> Option<String> {
+        self.get(name)?.text().map(str::to_owned)
+    }
+
+    fn opt_text(&mut self, name: &str) -> Option<Option<String>> {
+        match self.get(name) {
+            None => Some(None),
+            Some(mut r) => r.text().map(|s| Some(s.to_owned())),
+        }
+    }
+
+    fn uint(&mut self, name: &str) -> Option<u64> {
+        self.get(name)?.uint()
+    }
+
+    fn bytes_n<const N: usize>(&mut self, name: &str) -> Option<[u8; N]> {
+        self.get(name)?.bytes_n()
+    }
+
+    fn device(&mut self, name: &str) -> Option<DeviceId> {
+        DeviceId::parse(self.get(name)?.text()?).ok()
+    }
+
+    fn metadata(&mut self, name: &str) -> Option<Metadata> {
+        let mut r = self.get(name)?;
+        let n = r.map_len()?;
+        let mut out = Metadata::new();
+        let mut prev: Option<&[u8]> = None;
+        for _ in 0..n {
+            let mut k = r;
+            let kbytes = r.skip()?;
+            if prev.is_some_and(|p| kbytes <= p) {
+                return None;
+            }
+            prev = Some(kbytes);
+            let key = k.text()?;
+            let v = match r.peek_major()? {
+                crate::cbor::UINT | crate::cbor::NINT => MetaValue::Int(r.int()?),
+                TEXT => MetaValue::Text(r.text()?.to_owned()),
+                crate::cbor::SIMPLE => MetaValue::Bool(r.boolean()?),
+                _ => return None,
+            };
+            out.insert(key.to_owned(), v);
+        }
+        Some(out)
+    }
+}
+
+/// Reads a deterministic v1 payload; `None` when it is not one (the caller then asks the strict
+/// decoder why).
+pub fn decode_payload(payload: &[u8]) -> Option<Event> {
+    if payload.len() > MAX_EVENT_SIZE {
+        return None;
+    }
+    let mut r = Reader::new(payload);
+    let mut m = MapView::read(&mut r)?;
+    if !r.is_empty() || m.uint("v")? != SCHEMA_VERSION {
+        return None;
+    }
+    let t = EventType::parse(m.get("type")?.text()?)?;
+    let id = EventId(m.bytes_n("id")?);
+    let src = Kid::parse(m.get("src")?.text()?).ok()?;
+    let seq = m.uint("seq")?;
+    let ts = m.uint("ts")?;
+    let device = m.device("device")?;
+    let mut body_r = m.get("body")?;
+    m.finish()?;
+    if seq == 0 || body_r.peek_major()? != MAP {
+        return None;
+    }
+    let body = decode_body(t, &mut body_r)?;
+    Some(Event {
+        id,
+        src,
+        seq,
+        ts,
+        device,
+        body,
+    })
+}
+
+fn decode_body(t: EventType, r: &mut Reader<'_>) -> Option<Body> {
+    let mut f = MapView::read(r)?;
+    let body = match t {
+        EventType::Manufactured => {
+            let mut comps = f.get("components")?;
+            let n = comps.array_len()?;
+            let mut components = Vec::with_capacity(usize::try_from(n.min(64)).ok()?);
+            for _ in 0..n {
+                let mut c = MapView::read(&mut comps)?;
+                let comp = Component {
+                    kind: c.text("kind")?,
+                    spec: c.text("spec")?,
+                };
+                c.finish()?;
+                components.push(comp);
+            }
+            Body::Manufactured(Manufactured {
+                serial_hash: f.bytes_n("serial_hash")?,
+                device_type: f.text("device_type")?,
+                model: f.text("model")?,
+                manufacturer: f.text("manufacturer")?,
+                name: f.text("name")?,
+                components,
+                qr_expires_at: f.uint("qr_expires_at")?,
+            })
+        }
+        EventType::Activated => Body::Activated(Activated {
+            qr: f.text("qr")?,
+            owner: f.text("owner")?,
+            activation_token_hash: f.bytes_n("activation_token_hash")?,
+            ip: f.opt_text("ip")?,
+            user_agent: f.opt_text("user_agent")?,
+            fingerprint: f.opt_text("fingerprint")?,
+        }),
+        EventType::SetupCompleted => Body::SetupCompleted(SetupCompleted {
+            owner: f.text("owner")?,
+            role: Role::parse(f.get("role")?.text()?)?,
+        }),
+        EventType::PairingRequested => Body::PairingRequested(PairingRequested {
+            manager: f.device("manager")?,
+            sensor: f.device("sensor")?,
+        }),
+        EventType::PairingOffered => Body::PairingOffered(PairingOffered {
+            sensor: f.device("sensor")?,
+            nonce: f.bytes_n("nonce")?,
+            expires_at: f.uint("expires_at")?,
+        }),
+        EventType::PairingAccepted => Body::PairingAccepted(PairingAccepted {
+            manager: f.device("manager")?,
+            nonce: f.bytes_n("nonce")?,
+        }),
+        EventType::PairingDeclined | EventType::PairingCancelled => {
+            let b = PairingEnded {
+                nonce: f.bytes_n("nonce")?,
+                reason: f.text("reason")?,
+            };
+            if t == EventType::PairingDeclined {
+                Body::PairingDeclined(b)
+            } else {
+                Body::PairingCancelled(b)
+            }
+        }
+        EventType::PairingUnpaired => Body::PairingUnpaired(Unpaired {
+            peer: f.device("peer")?,
+        }),
+        EventType::ModeChanged => {
+            if f.get("mode")?.text()? != "standalone" {
+                return None;
+            }
+            Body::ModeChanged(ModeChanged)
+        }
+        EventType::Action => Body::Action(Action {
+            action: f.text("action")?,
+            metadata: f.metadata("metadata")?,
+            ip: f.opt_text("ip")?,
+            user_agent: f.opt_text("user_agent")?,
+        }),
+        EventType::CommandIssued => Body::CommandIssued(CommandIssued {
+            target: f.device("target")?,
+            command: Command::parse(f.get("command")?.text()?)?,
+            params: f.metadata("params")?,
+            expires_at: f.uint("expires_at")?,
+        }),
+        EventType::CommandCompleted => Body::CommandCompleted(CommandCompleted {
+            command_id: EventId(f.bytes_n("command_id")?),
+            outcome: Outcome::parse(f.get("outcome")?.text()?)?,
+            result: f.metadata("result")?,
+        }),
+        EventType::Revoked => Body::Revoked(Revoked {
+            reason: f.text("reason")?,
+        }),
+    };
+    f.finish()?;
+    Some(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pairbus_schemas::vectors::{root, sample_events};
+    use pairbus_schemas::{open_event, seal};
+
+    #[test]
+    fn fast_path_agrees_with_the_strict_decoder_on_every_sample() {
+        for e in sample_events() {
+            let cose = seal(&e, &root().derive(&e.src));
+            let (kid, payload) = split_cose(&cose).expect("pairbus layout");
+            assert_eq!(kid, e.src.to_string());
+            assert_eq!(
+                decode_payload(payload).as_ref(),
+                Some(&e),
+                "{}",
+                e.event_type()
+            );
+            let strict = open_event(&cose, MAX_EVENT_SIZE, |k| Some(root().derive(k))).unwrap();
+            assert_eq!(decode_event(&cose).unwrap(), strict);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_event(&[]).is_err());
+        assert!(decode_event(&[0xd1, 0x84, 0x40]).is_err());
+        let e = &sample_events()[0];
+        let mut cose = seal(e, &root().derive(&e.src));
+        for i in 0..cose.len() {
+            cose[i] ^= 0x40;
+            let _ = decode_event(&cose);
+            cose[i] ^= 0x40;
+        }
+    }
+}

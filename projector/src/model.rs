@@ -1,0 +1,363 @@
+//! The views the fold maintains, serializable to JSON. Their JSON shapes are a public contract
+//! (audit topics, HTTP API, `--json` output): see the crate README, section "JSON views".
+
+use pairbus_schemas::{DeviceId, EventType, Kid};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Where a device is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// Manufactured, never activated (or its activation lapsed).
+    Unconfigured,
+    /// An operator scanned the QR; waiting for the device's own signed event.
+    ActivationPending,
+    /// Activated and proven: the device holds its key.
+    Configured,
+    /// Manages at least one sensor or is managed by a manager.
+    Paired,
+    /// Configured to run alone.
+    Standalone,
+    /// Revoked by an operator: its later events are refused.
+    Revoked,
+}
+
+impl DeviceState {
+    /// The state's name in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Unconfigured => "unconfigured",
+            DeviceState::ActivationPending => "activation_pending",
+            DeviceState::Configured => "configured",
+            DeviceState::Paired => "paired",
+            DeviceState::Standalone => "standalone",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+
+    /// Parses a state name.
+    pub fn parse(s: &str) -> Option<Self> {
+        use DeviceState::*;
+        [
+            Unconfigured,
+            ActivationPending,
+            Configured,
+            Paired,
+            Standalone,
+            Revoked,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+/// A component fitted at the factory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentView {
+    /// What it is.
+    pub kind: String,
+    /// Its specification.
+    pub spec: String,
+}
+
+/// The activation of a device (the operator's QR scan and the device's proof of possession).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationView {
+    /// The operator that scanned the QR code.
+    pub by: String,
+    /// The owner named at activation.
+    pub owner: String,
+    /// Log position of the `device.activated` event.
+    pub seq: u64,
+    /// The event's `ts` (Unix ms).
+    pub requested_at: u64,
+    /// When the broker received it (Unix ms).
+    pub received_at: u64,
+    /// Last moment (broker time, Unix ms) at which the device's own event completes it.
+    pub claim_deadline: u64,
+    /// When the device proved possession (broker time), once it has.
+    pub completed_at: Option<u64>,
+    /// The factory station that signed the QR code.
+    pub qr_factory: String,
+    /// SHA-256 of the activation token, hex.
+    pub token_hash: String,
+    /// Where the scan came from, if known.
+    pub ip: Option<String>,
+    /// The scanning client, if known.
+    pub user_agent: Option<String>,
+    /// A client fingerprint, if known.
+    pub fingerprint: Option<String>,
+}
+
+/// The setup confirmation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupView {
+    /// The owner confirmed.
+    pub owner: String,
+    /// `owner` or `admin`.
+    pub role: String,
+    /// Who signed it.
+    pub by: String,
+    /// Event `ts`, Unix ms.
+    pub at: u64,
+}
+
+/// A revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedView {
+    /// The operator.
+    pub by: String,
+    /// Event `ts`, Unix ms.
+    pub at: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// The device card: everything known about one device now (`pairbus/v1/audit/devices/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCard {
+    /// The device id.
+    #[serde(with = "crate::wire")]
+    pub device_id: DeviceId,
+    /// Lifecycle state (derived from the fields below, see [`DeviceCard::derive_state`]).
+    pub state: DeviceState,
+    /// Device type from manufacture.
+    pub device_type: String,
+    /// Model.
+    pub model: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Display name.
+    pub name: String,
+    /// Serial hash, hex.
+    pub serial_hash: String,
+    /// The factory station that made it.
+    pub factory: String,
+    /// Components fitted at the factory.
+    pub components: Vec<ComponentView>,
+    /// `ts` of `device.manufactured`, Unix ms.
+    pub manufactured_at: u64,
+    /// Until when its QR code is accepted, Unix ms.
+    pub qr_expires_at: u64,
+    /// The owner named at activation (cleared if the activation lapses).
+    pub owner: Option<String>,
+    /// When the activation completed (possession proven; broker time, Unix ms).
+    pub activated_at: Option<u64>,
+    /// The current (pending or completed) activation.
+    pub activation: Option<ActivationView>,
+    /// The setup confirmation, once made.
+    pub setup: Option<SetupView>,
+    /// Its manager, if it is a sensor.
+    #[serde(with = "crate::wire::opt")]
+    pub manager: Option<DeviceId>,
+    /// Log position of the acceptance that paired it with its manager.
+    pub manager_since: Option<u64>,
+    /// The sensors it manages.
+    #[serde(with = "crate::wire::set")]
+    pub sensors: BTreeSet<DeviceId>,
+    /// Set by `device.mode_changed`; cleared when it pairs.
+    pub standalone: bool,
+    /// The revocation, if revoked.
+    pub revoked: Option<RevokedView>,
+    /// Broker time (Unix ms) of the last event the device itself signed.
+    pub last_seen: Option<u64>,
+    /// Number of log records on its trail.
+    pub events: u64,
+}
+
+impl DeviceCard {
+    /// The state the fields say the device is in.
+    pub fn derive_state(&self) -> DeviceState {
+        if self.revoked.is_some() {
+            DeviceState::Revoked
+        } else if let Some(a) = &self.activation {
+            if a.completed_at.is_none() {
+                DeviceState::ActivationPending
+            } else if self.manager.is_some() || !self.sensors.is_empty() {
+                DeviceState::Paired
+            } else if self.standalone {
+                DeviceState::Standalone
+            } else {
+                DeviceState::Configured
+            }
+        } else {
+            DeviceState::Unconfigured
+        }
+    }
+
+    /// True when activation is complete and the device is not revoked.
+    pub fn is_active(&self) -> bool {
+        self.revoked.is_none()
+            && self
+                .activation
+                .as_ref()
+                .is_some_and(|a| a.completed_at.is_some())
+    }
+}
+
+/// Whether the fold accepted an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Applied to the views.
+    Accepted,
+    /// Kept on the trail, not applied.
+    Refused,
+}
+
+/// Why the fold refused an event (also the alert code of the refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// The record's event could not be decoded.
+    Malformed,
+    /// `src` differs from the kid, or the signer may not make this event.
+    BadSigner,
+    /// The event names a device never manufactured.
+    UnknownDevice,
+    /// `device.manufactured` for a device that already exists.
+    DuplicateDevice,
+    /// Signed by, or about, a revoked device.
+    Revoked,
+    /// The activation QR code's factory MAC does not verify.
+    ForgedQr,
+    /// The activation QR code had expired at the event's time.
+    ExpiredQr,
+    /// The activation QR code is not a pairbus QR payload.
+    MalformedQr,
+    /// The QR code is signed by an unknown factory or by a principal that is not one.
+    UnknownFactory,
+    /// The QR code names another device (or another type/model).
+    QrMismatch,
+    /// A second activation of a device that is pending or configured.
+    AlreadyActivated,
+    /// The device is not activated (setup, pairing, mode change need it).
+    NotActivated,
+    /// The setup names another owner than the activation.
+    OwnerMismatch,
+    /// A device asked to pair is not pairable.
+    NotPairable,
+    /// A device cannot pair with itself.
+    SelfPairing,
+    /// An offer without an operator's request for that pair.
+    NoRequest,
+    /// The sensor already has a manager.
+    SensorHasManager,
+    /// The pairing would make a cycle.
+    Cycle,
+    /// A pairing nonce used before (token reuse).
+    NonceReused,
+    /// No open offer with that nonce.
+    UnknownOffer,
+    /// The offer belongs to other devices.
+    WrongParty,
+    /// The offer expired before it was accepted (or was issued already expired).
+    OfferExpired,
+    /// The two devices are not paired.
+    NotPaired,
+    /// The device is paired (unpair it before making it standalone).
+    Paired,
+    /// The issuer does not manage the target.
+    NotManager,
+    /// The command was issued already expired.
+    Expired,
+    /// No issued command with that id.
+    UnknownCommand,
+    /// The command expired before completion.
+    CommandExpired,
+    /// The command was already completed.
+    AlreadyCompleted,
+    /// The completion comes from another device than the command's target.
+    WrongTarget,
+    /// The device is already revoked.
+    AlreadyRevoked,
+    /// A principal's `seq` skipped numbers (not a refusal: the event is applied).
+    SeqGap,
+    /// A principal's `seq` went backwards (not a refusal).
+    SeqOutOfOrder,
+    /// A pending activation lapsed: no proof of possession within the claim window.
+    ActivationLapsed,
+    /// The log records handed to the fold skip positions or break the hash chain.
+    LogGap,
+}
+
+impl Code {
+    /// The code's name in JSON.
+    pub fn as_str(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// A refusal: code and human detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Machine-readable reason.
+    pub code: Code,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// A gap in a principal's `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The seq that should have come next.
+    pub expected: u64,
+    /// The seq that came.
+    pub got: u64,
+}
+
+/// One entry of a device's trail (`pairbus/v1/audit/events/<id>`): one log record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrailEntry {
+    /// Log position.
+    pub seq: u64,
+    /// Broker time, Unix ms.
+    pub received_at: u64,
+    /// The event's `ts` (absent when undecodable).
+    pub ts: Option<u64>,
+    /// The event type (absent when undecodable).
+    #[serde(rename = "type", with = "crate::wire::opt")]
+    pub event_type: Option<EventType>,
+    /// The signer.
+    #[serde(with = "crate::wire::opt")]
+    pub src: Option<Kid>,
+    /// The signer's per-principal seq.
+    pub src_seq: Option<u64>,
+    /// The event id, hex.
+    pub event_id: Option<String>,
+    /// The device the event is about (the trail may belong to a peer it concerns).
+    #[serde(with = "crate::wire::opt")]
+    pub device: Option<DeviceId>,
+    /// Accepted or refused.
+    pub status: Status,
+    /// Why it was refused.
+    pub refusal: Option<Refusal>,
+    /// A gap in the signer's seq just before this event.
+    pub gap: Option<Gap>,
+}
+
+/// An anomaly (`pairbus/v1/audit/alerts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Log position of the record that raised it.
+    pub seq: u64,
+    /// Broker time of that record, Unix ms.
+    pub at: u64,
+    /// What happened.
+    pub code: Code,
+    /// The device concerned, if any.
+    #[serde(with = "crate::wire::opt")]
+    pub device: Option<DeviceId>,
+    /// The signer of the event, if known.
+    #[serde(with = "crate::wire::opt")]
+    pub src: Option<Kid>,
+    /// The event type, if known.
+    #[serde(rename = "type", with = "crate::wire::opt")]
+    pub event_type: Option<EventType>,
+    /// Human detail.
+    pub detail: String,
+}

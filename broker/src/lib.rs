@@ -5,4 +5,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ingest;
 pub mod log;
+pub mod metrics;
+pub mod mqtt;

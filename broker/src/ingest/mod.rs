@@ -1,0 +1,342 @@
+//! Verified ingest: reads every `in/` topic of both planes through local links, checks each
+//! message ([`check`]), appends the accepted ones to the log in group commits, and only then
+//! answers: `committed/<kind>/<id>` to the principal and the record on `pairbus/v1/log`, or
+//! `rejected/<kind>/<id>` with the reason.
+//!
+//! Threads (plain threads, never tokio workers: rumqttd's local links block):
+//! - one *reader* per plane: drains its link (calling `ready()` after `Unschedule`, without
+//!   which rumqttd stops delivering for good) into one bounded channel;
+//! - one *committer*: takes everything waiting (up to `max_batch`), checks it, makes one
+//!   durable group commit, then publishes the answers. Nothing is confirmed before
+//!   `append_batch` has returned, i.e. before the flush and the real sync.
+
+pub mod check;
+
+use crate::log::{AppendOutcome, LogStore};
+use crate::metrics::Metrics;
+use crate::mqtt::auth::PlaneKind;
+use crate::mqtt::plane::{Plane, PlaneError};
+use check::Checked;
+use pairbus_schemas::messages::{CommitStatus, Committed, RejectReason, Rejection};
+use pairbus_schemas::topics::{filters, Topic};
+use pairbus_schemas::{Event, Kid, Record, RootSecret, MAX_EVENT_SIZE};
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::Notification;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Called with every newly committed record (in log order) and its decoded event.
+pub type CommitHook = Box<dyn FnMut(&Record, &Event) + Send>;
+
+/// Settings of the ingest pipeline.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Most events in one group commit.
+    pub max_batch: usize,
+    /// Size limit of one envelope.
+    pub max_event_size: usize,
+    /// Capacity of the channel between readers and the committer.
+    pub queue: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            max_batch: 1024,
+            max_event_size: MAX_EVENT_SIZE,
+            queue: 65_536,
+        }
+    }
+}
+
+struct Inbound {
+    plane: PlaneKind,
+    topic: bytes::Bytes,
+    payload: bytes::Bytes,
+}
+
+/// The running pipeline.
+pub struct Ingest {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The committer's way out: one publishing link per plane.
+struct Outlets {
+    device: LinkTx,
+    operator: LinkTx,
+}
+
+impl Outlets {
+    fn publish(&mut self, plane: PlaneKind, topic: String, payload: Vec<u8>) {
+        let link = match plane {
+            PlaneKind::Device => &mut self.device,
+            PlaneKind::Operator => &mut self.operator,
+        };
+        if let Err(e) = link.publish(topic.clone(), payload) {
+            tracing::error!(%topic, error = %e, "local publish failed");
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Ingest {
+    /// Subscribes to the `in/` topics of both planes and starts the threads.
+    pub fn start(
+        device: &Plane,
+        operator: &Plane,
+        log: Arc<dyn LogStore>,
+        root: RootSecret,
+        metrics: Arc<Metrics>,
+        settings: IngestSettings,
+        hook: Option<CommitHook>,
+    ) -> Result<Self, PlaneError> {
+        let (dev_tx, dev_rx) = device.link("pairbus-ingest")?;
+        let (op_tx, op_rx) = operator.link("pairbus-ingest")?;
+        let mut dev_tx = dev_tx;
+        let mut op_tx = op_tx;
+        let subscribe = |tx: &mut LinkTx, filter: &str| {
+            tx.subscribe(filter).map(|_| ()).map_err(|e| PlaneError::Link {
+                plane: "ingest",
+                client_id: filter.to_owned(),
+                reason: e.to_string(),
+            })
+        };
+        subscribe(&mut dev_tx, "pairbus/v1/in/device/+")?;
+        subscribe(&mut op_tx, "pairbus/v1/in/operator/+")?;
+        subscribe(&mut op_tx, "pairbus/v1/in/factory/+")?;
+        debug_assert_eq!(filters::ALL_IN, "pairbus/v1/in/+/+");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = sync_channel(settings.queue);
+        let mut threads = Vec::new();
+        for (plane, link) in [(PlaneKind::Device, dev_rx), (PlaneKind::Operator, op_rx)] {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("pairbus-read-{}", plane.as_str()))
+                    .spawn(move || read_loop(plane, link, tx, stop))
+                    .map_err(|e| PlaneError::Runtime("ingest", e))?,
+            );
+        }
+        drop(tx);
+        let stop2 = stop.clone();
+        let outlets = Outlets {
+            device: dev_tx,
+            operator: op_tx,
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("pairbus-commit".into())
+                .spawn(move || {
+                    Committer {
+                        rx,
+                        outlets,
+                        log,
+                        root,
+                        metrics,
+                        settings,
+                        hook,
+                    }
+                    .run(stop2)
+                })
+                .map_err(|e| PlaneError::Runtime("ingest", e))?,
+        );
+        Ok(Ingest { stop, threads })
+    }
+
+    /// Stops the threads after the batch in progress (which is finished and answered).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+const POLL: Duration = Duration::from_millis(100);
+
+fn read_loop(plane: PlaneKind, mut link: LinkRx, tx: SyncSender<Inbound>, stop: Arc<AtomicBool>) {
+    let span = tracing::info_span!("reader", plane = plane.as_str());
+    let _enter = span.enter();
+    while !stop.load(Ordering::Relaxed) {
+        match link.recv_deadline(Instant::now() + POLL) {
+            Ok(Some(Notification::Forward(f))) => {
+                let mut msg = Inbound {
+                    plane,
+                    topic: f.publish.topic,
+                    payload: f.publish.payload,
+                };
+                // Backpressure: wait for the committer rather than drop.
+                loop {
+                    match tx.try_send(msg) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(m)) => {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            msg = m;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(TrySendError::Disconnected(_)) => return,
+                    }
+                }
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                if let Err(e) = link.ready() {
+                    tracing::error!(error = %e, "cannot reschedule the local link");
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "local link closed");
+                return;
+            }
+        }
+    }
+}
+
+struct Committer {
+    rx: Receiver<Inbound>,
+    outlets: Outlets,
+    log: Arc<dyn LogStore>,
+    root: RootSecret,
+    metrics: Arc<Metrics>,
+    settings: IngestSettings,
+    hook: Option<CommitHook>,
+}
+
+impl Committer {
+    fn run(mut self, stop: Arc<AtomicBool>) {
+        let mut batch = Vec::with_capacity(self.settings.max_batch);
+        while !stop.load(Ordering::Relaxed) {
+            match self.rx.recv_timeout(POLL) {
+                Ok(m) => batch.push(m),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while batch.len() < self.settings.max_batch {
+                match self.rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.commit(std::mem::take(&mut batch));
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Inbound>) {
+        let span = tracing::info_span!("group_commit", size = batch.len());
+        let _enter = span.enter();
+        let mut accepted = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
+        for m in batch {
+            self.metrics.received.fetch_add(1, Ordering::Relaxed);
+            match check::check(
+                m.plane,
+                &m.topic,
+                m.payload.to_vec(),
+                &self.root,
+                self.settings.max_event_size,
+            ) {
+                Checked::Accepted { event, verified } => {
+                    accepted.push(verified);
+                    events.push(event);
+                }
+                Checked::Refused {
+                    principal,
+                    rejection,
+                } => self.reject(&principal, rejection),
+                Checked::Ignored => {}
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let outcomes = match self.log.append_batch(accepted, now_ms()) {
+            Ok(o) => o,
+            Err(e) => {
+                // Nothing is acknowledged: the principals keep their events and re-send.
+                self.metrics.commit_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "group commit failed; nothing acknowledged");
+                return;
+            }
+        };
+        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        for (event, outcome) in events.iter().zip(outcomes) {
+            let _span = tracing::debug_span!("event", id = %event.id, src = %event.src).entered();
+            match outcome {
+                AppendOutcome::Committed(record) => {
+                    self.metrics.committed.fetch_add(1, Ordering::Relaxed);
+                    self.confirm(event, record.seq, CommitStatus::Committed);
+                    self.outlets
+                        .publish(PlaneKind::Operator, Topic::Log.to_string(), record.encode());
+                    if let Some(hook) = self.hook.as_mut() {
+                        hook(&record, event);
+                    }
+                }
+                AppendOutcome::AlreadyCommitted(seq) => {
+                    self.metrics.already_committed.fetch_add(1, Ordering::Relaxed);
+                    self.confirm(event, seq, CommitStatus::AlreadyCommitted);
+                }
+                AppendOutcome::SeqConflict { existing } => self.reject(
+                    &event.src,
+                    Rejection {
+                        reason: RejectReason::SeqConflict,
+                        detail: format!(
+                            "seq {} of {} is already taken by event {existing}",
+                            event.seq, event.src
+                        ),
+                        event_id: Some(event.id.to_hex()),
+                    },
+                ),
+                AppendOutcome::Revoked => self.reject(
+                    &event.src,
+                    Rejection {
+                        reason: RejectReason::Revoked,
+                        detail: format!("{} is revoked", event.src),
+                        event_id: Some(event.id.to_hex()),
+                    },
+                ),
+            }
+        }
+    }
+
+    fn confirm(&mut self, event: &Event, seq: u64, status: CommitStatus) {
+        let Some(plane) = PlaneKind::of(event.src.kind()) else {
+            return;
+        };
+        let msg = Committed {
+            id: event.id,
+            seq,
+            status,
+        };
+        self.outlets
+            .publish(plane, Topic::Committed(event.src.clone()).to_string(), msg.encode());
+    }
+
+    fn reject(&mut self, principal: &Kid, rejection: Rejection) {
+        self.metrics.reject(rejection.reason);
+        tracing::warn!(%principal, reason = %rejection.reason, detail = %rejection.detail, "event refused");
+        let topic = Topic::Rejected(principal.clone()).to_string();
+        let json = rejection.to_json().into_bytes();
+        if let Some(plane) = PlaneKind::of(principal.kind()) {
+            if plane == PlaneKind::Device {
+                // The device and the operators both hear about it.
+                self.outlets.publish(PlaneKind::Device, topic.clone(), json.clone());
+            }
+        }
+        self.outlets.publish(PlaneKind::Operator, topic, json);
+    }
+}

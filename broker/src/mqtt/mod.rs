@@ -1,0 +1,4 @@
+//! The embedded MQTT side: the two rumqttd planes and who may connect to them.
+
+pub mod auth;
+pub mod plane;

@@ -1,1 +1,414 @@
-//! (in progress)
+//! The persistence shell: projections in sled, with a checkpoint written atomically with them.
+//!
+//! One tree, `projector`, holds everything, so one [`sled::Batch`] commits a set of changes and
+//! the checkpoint together: after a crash the tree is either before or after the whole batch,
+//! never between. Keys (values are JSON, the documented view shapes where they are views):
+//!
+//! | key | value |
+//! |---|---|
+//! | `c` | checkpoint `{"last_seq", "last_hash"}` (hex) |
+//! | `d/<device_id>` | device card |
+//! | `t/<device_id>/<seq u64 BE>` | trail entry |
+//! | `u/<seq u64 BE>` | trail entry of an undecodable record |
+//! | `a/<index u64 BE>` | alert |
+//! | `k` | the fold's bookkeeping (principal seqs, requests, offers, used nonces, commands, stats) |
+//!
+//! [`Store::save`] writes what the effects since the last save name (cards, trail entries,
+//! alerts) plus the bookkeeping and the checkpoint; [`Store::load`] reads it all back. A
+//! restart loads, then feeds the records after `last_seq`.
+
+use crate::fold::{Effect, IssuedCommand, Offer, Projections};
+use crate::model::{Alert, DeviceCard, TrailEntry};
+use pairbus_schemas::event::{Command, Outcome};
+use pairbus_schemas::{DeviceId, EventId, Kid};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value does not parse (corruption or a foreign database).
+    #[error("corrupt projector store at key `{key}`: {detail}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+fn corrupt(key: &[u8], detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    last_seq: u64,
+    last_hash: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OfferRow {
+    nonce: String,
+    manager: String,
+    sensor: String,
+    expires_at: u64,
+    seq: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CommandRow {
+    id: String,
+    issuer: String,
+    target: String,
+    command: String,
+    expires_at: u64,
+    seq: u64,
+    completed: Option<(u64, String)>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Core {
+    principals: BTreeMap<String, u64>,
+    requests: Vec<(String, String)>,
+    offers: Vec<OfferRow>,
+    used_nonces: BTreeSet<String>,
+    commands: Vec<CommandRow>,
+    stats: BTreeMap<String, BTreeMap<u64, u64>>,
+}
+
+fn core_of(p: &Projections) -> Core {
+    let mut offers: Vec<OfferRow> = p
+        .offers
+        .iter()
+        .map(|(n, o)| OfferRow {
+            nonce: hex::encode(n),
+            manager: o.manager.to_string(),
+            sensor: o.sensor.to_string(),
+            expires_at: o.expires_at,
+            seq: o.seq,
+        })
+        .collect();
+    offers.sort_by(|a, b| a.nonce.cmp(&b.nonce));
+    let mut commands: Vec<CommandRow> = p
+        .commands
+        .iter()
+        .map(|(id, c)| CommandRow {
+            id: id.to_hex(),
+            issuer: c.issuer.to_string(),
+            target: c.target.to_string(),
+            command: c.command.as_str().to_owned(),
+            expires_at: c.expires_at,
+            seq: c.seq,
+            completed: c.completed.map(|(s, o)| (s, o.as_str().to_owned())),
+        })
+        .collect();
+    commands.sort_by(|a, b| a.id.cmp(&b.id));
+    Core {
+        principals: p
+            .principals
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        requests: p
+            .requests
+            .iter()
+            .map(|(m, s)| (m.to_string(), s.to_string()))
+            .collect(),
+        offers,
+        used_nonces: p.used_nonces.iter().map(hex::encode).collect(),
+        commands,
+        stats: p.stats.clone(),
+    }
+}
+
+fn dev(s: &str) -> Result<DeviceId, StoreError> {
+    DeviceId::parse(s).map_err(|e| corrupt(b"k", e))
+}
+
+fn hex16(s: &str) -> Result<[u8; 16], StoreError> {
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(s, &mut out).map_err(|e| corrupt(b"k", e))?;
+    Ok(out)
+}
+
+fn apply_core(p: &mut Projections, c: Core) -> Result<(), StoreError> {
+    for (k, v) in c.principals {
+        p.principals
+            .insert(Kid::parse(&k).map_err(|e| corrupt(b"k", e))?, v);
+    }
+    for (m, s) in c.requests {
+        p.requests.insert((dev(&m)?, dev(&s)?));
+    }
+    for o in c.offers {
+        p.offers.insert(
+            hex16(&o.nonce)?,
+            Offer {
+                manager: dev(&o.manager)?,
+                sensor: dev(&o.sensor)?,
+                expires_at: o.expires_at,
+                seq: o.seq,
+            },
+        );
+    }
+    for n in c.used_nonces {
+        p.used_nonces.insert(hex16(&n)?);
+    }
+    for r in c.commands {
+        let command = Command::parse(&r.command).ok_or_else(|| corrupt(b"k", "command"))?;
+        let completed = match r.completed {
+            None => None,
+            Some((s, o)) => Some((
+                s,
+                Outcome::parse(&o).ok_or_else(|| corrupt(b"k", "outcome"))?,
+            )),
+        };
+        p.commands.insert(
+            EventId(hex16(&r.id)?),
+            IssuedCommand {
+                issuer: dev(&r.issuer)?,
+                target: dev(&r.target)?,
+                command,
+                expires_at: r.expires_at,
+                seq: r.seq,
+                completed,
+            },
+        );
+    }
+    p.stats = c.stats;
+    Ok(())
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // The view types serialize infallibly (string keys, no non-finite floats).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| corrupt(key, e))
+}
+
+fn trail_key(d: &DeviceId, seq: u64) -> Vec<u8> {
+    let mut k = format!("t/{d}/").into_bytes();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Projections persisted in a sled database.
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the store in the folder `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let db = sled::open(path)?;
+        let tree = db.open_tree("projector")?;
+        Ok(Store { db, tree })
+    }
+
+    /// The last applied log position and hash, if any record was saved.
+    pub fn checkpoint(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let Some(v) = self.tree.get(b"c")? else {
+            return Ok(None);
+        };
+        let c: Checkpoint = parse(b"c", &v)?;
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(&c.last_hash, &mut h).map_err(|e| corrupt(b"c", e))?;
+        Ok(Some((c.last_seq, h)))
+    }
+
+    /// Writes the changes named by `effects` (everything applied since the last save), the
+    /// fold's bookkeeping and the checkpoint of `p` in one atomic batch, then flushes.
+    pub fn save(&self, p: &Projections, effects: &[Effect]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut cards: BTreeSet<&DeviceId> = BTreeSet::new();
+        for fx in effects {
+            match fx {
+                Effect::DeviceChanged(d) => {
+                    cards.insert(d);
+                }
+                Effect::Trail {
+                    device: Some(d),
+                    index,
+                } => {
+                    if let Some(e) = p.trails.get(d).and_then(|t| t.get(*index)) {
+                        batch.insert(trail_key(d, e.seq), json(e));
+                    }
+                }
+                Effect::Trail {
+                    device: None,
+                    index,
+                } => {
+                    if let Some(e) = p.unattributed.get(*index) {
+                        let mut k = b"u/".to_vec();
+                        k.extend_from_slice(&e.seq.to_be_bytes());
+                        batch.insert(k, json(e));
+                    }
+                }
+                Effect::Alert(i) => {
+                    if let Some(a) = p.alerts.get(*i) {
+                        let mut k = b"a/".to_vec();
+                        k.extend_from_slice(&(*i as u64).to_be_bytes());
+                        batch.insert(k, json(a));
+                    }
+                }
+                Effect::GraphChanged => {}
+            }
+        }
+        for d in cards {
+            if let Some(c) = p.devices.get(d) {
+                batch.insert(format!("d/{d}").into_bytes(), json(c));
+            }
+        }
+        batch.insert(b"k".to_vec(), json(&core_of(p)));
+        batch.insert(
+            b"c".to_vec(),
+            json(&Checkpoint {
+                last_seq: p.last_seq,
+                last_hash: hex::encode(p.last_hash),
+            }),
+        );
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Writes all of `p` (a first save, or after a rebuild).
+    pub fn save_all(&self, p: &Projections) -> Result<(), StoreError> {
+        self.tree.clear()?;
+        let mut fx: Vec<Effect> = p
+            .devices
+            .keys()
+            .cloned()
+            .map(Effect::DeviceChanged)
+            .collect();
+        for (d, t) in &p.trails {
+            fx.extend((0..t.len()).map(|index| Effect::Trail {
+                device: Some(d.clone()),
+                index,
+            }));
+        }
+        fx.extend((0..p.unattributed.len()).map(|index| Effect::Trail {
+            device: None,
+            index,
+        }));
+        fx.extend((0..p.alerts.len()).map(Effect::Alert));
+        self.save(p, &fx)
+    }
+
+    /// Reads the projections back (empty projections if nothing was saved).
+    pub fn load(&self) -> Result<Projections, StoreError> {
+        let mut p = Projections::new();
+        if let Some((seq, hash)) = self.checkpoint()? {
+            p.last_seq = seq;
+            p.last_hash = hash;
+        }
+        if let Some(v) = self.tree.get(b"k")? {
+            apply_core(&mut p, parse(b"k", &v)?)?;
+        }
+        for kv in self.tree.scan_prefix(b"d/") {
+            let (k, v) = kv?;
+            let card: DeviceCard = parse(&k, &v)?;
+            p.devices.insert(card.device_id.clone(), card);
+        }
+        for kv in self.tree.scan_prefix(b"t/") {
+            let (k, v) = kv?;
+            let id = k
+                .get(2..18)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| DeviceId::parse(s).ok())
+                .ok_or_else(|| corrupt(&k, "trail key"))?;
+            let e: TrailEntry = parse(&k, &v)?;
+            p.trails.entry(id).or_default().push(e);
+        }
+        for kv in self.tree.scan_prefix(b"u/") {
+            let (k, v) = kv?;
+            p.unattributed.push(parse(&k, &v)?);
+        }
+        for kv in self.tree.scan_prefix(b"a/") {
+            let (k, v) = kv?;
+            let a: Alert = parse(&k, &v)?;
+            p.alerts.push(a);
+        }
+        Ok(p)
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// The fold with its store: applies records and saves every `batch` records (and on
+/// [`Persistent::commit`]), so that a restart resumes from the last checkpoint.
+#[derive(Debug)]
+pub struct Persistent {
+    /// The fold.
+    pub projector: crate::Projector,
+    /// The current projections (ahead of the store by the unsaved records).
+    pub projections: Projections,
+    store: Store,
+    pending: Vec<Effect>,
+    unsaved: usize,
+    batch: usize,
+}
+
+impl Persistent {
+    /// Opens the store and loads its projections; `batch` records are saved at a time.
+    pub fn open(
+        projector: crate::Projector,
+        path: impl AsRef<Path>,
+        batch: usize,
+    ) -> Result<Self, StoreError> {
+        let store = Store::open(path)?;
+        let projections = store.load()?;
+        Ok(Persistent {
+            projector,
+            projections,
+            store,
+            pending: Vec::new(),
+            unsaved: 0,
+            batch: batch.max(1),
+        })
+    }
+
+    /// The next log position wanted.
+    pub fn next_seq(&self) -> u64 {
+        self.projections.next_seq()
+    }
+
+    /// Applies a record; returns its effects (saved when the batch is full).
+    pub fn apply(&mut self, rec: &pairbus_schemas::Record) -> Result<Vec<Effect>, StoreError> {
+        let fx = self.projector.apply(&mut self.projections, rec);
+        // A stale (already applied) record has no effects; every applied one has a trail entry.
+        if !fx.is_empty() {
+            self.pending.extend(fx.iter().cloned());
+            self.unsaved += 1;
+        }
+        if self.unsaved >= self.batch {
+            self.commit()?;
+        }
+        Ok(fx)
+    }
+
+    /// Saves everything applied so far with its checkpoint.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if self.unsaved == 0 {
+            return Ok(());
+        }
+        self.store.save(&self.projections, &self.pending)?;
+        self.pending.clear();
+        self.unsaved = 0;
+        Ok(())
+    }
+}

@@ -143,7 +143,11 @@ fn device_id(s: &str) -> Result<DeviceId, QueryError> {
 }
 
 /// Answers `q` from `p`, reading event details from `log`.
-pub fn run(p: &Projections, log: &dyn RecordSource, q: &Query) -> Result<Response, QueryError> {
+pub fn run<S: RecordSource + ?Sized>(
+    p: &Projections,
+    log: &S,
+    q: &Query,
+) -> Result<Response, QueryError> {
     Ok(match q {
         Query::Devices { state } => {
             let mut v: Vec<DeviceCard> = p

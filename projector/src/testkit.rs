@@ -321,3 +321,34 @@ impl LogBuilder {
         )
     }
 }
+
+/// A realistic fleet log of about `events` records: `devices` devices manufactured, activated
+/// and set up; in groups of four, the first manages the other three; then device actions
+/// round-robin with a command and its completion every 50 events, ~1 s of broker time apart.
+pub fn fleet(devices: u32, events: usize) -> LogBuilder {
+    let mut log = LogBuilder::new();
+    let ids: Vec<DeviceId> = (1..=devices.max(1))
+        .map(|n| log.configured(n, &format!("owner-{}", n / 4)))
+        .collect();
+    for group in ids.chunks(4) {
+        for s in &group[1..] {
+            log.pair(&group[0], s);
+        }
+    }
+    const ACTIONS: [&str; 4] = ["login", "qr_scan", "voice_recording", "file_upload"];
+    let mut i = 0usize;
+    while log.records.len() < events {
+        let d = ids[i % ids.len()].clone();
+        let group = (i % ids.len()) / 4 * 4;
+        if i % 50 == 49 && group + 1 < ids.len() {
+            let (m, s) = (ids[group].clone(), ids[group + 1].clone());
+            let c = log.command(&m, &s, 60_000);
+            log.complete(&s, c.id);
+        } else {
+            log.action(&d, ACTIONS[i % ACTIONS.len()]);
+        }
+        log.advance(997);
+        i += 1;
+    }
+    log
+}

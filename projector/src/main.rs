@@ -1,0 +1,508 @@
+//! `pairbus-projector`: investigations over the pairbus log.
+//!
+//! Today the queries run offline over an export file (`--export FILE`): the file is read with
+//! its hash chain verified, folded, and asked. The same queries will go to the projector's HTTP
+//! API once the broker serves it (the [`pairbus_projector::query::Query`] values are the API's
+//! requests).
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+use pairbus_projector::export::{read_records, write_records, Format};
+use pairbus_projector::fold::{Config, Projector, DEFAULT_CLAIM_WINDOW_MS};
+use pairbus_projector::graph::{to_dot, to_text};
+use pairbus_projector::model::{DeviceCard, DeviceState};
+use pairbus_projector::query::{self, Query, Response};
+use pairbus_projector::{NoKeys, Projections};
+use pairbus_schemas::{Record, RootSecret};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pairbus-projector",
+    version,
+    about = "Device state, pairing graph and audit trails folded from the pairbus log"
+)]
+struct Cli {
+    /// Read this log export instead of a running projector (offline mode).
+    #[arg(long, global = true, value_name = "FILE")]
+    export: Option<PathBuf>,
+    /// Export format (default: detected from the content).
+    #[arg(long = "export-format", global = true, value_name = "cbor-seq|jsonl")]
+    export_format: Option<String>,
+    /// Fleet root secret file (`fleet.key`, 64 hex digits), to verify activation QR codes.
+    /// Without it every activation is refused as `unknown_factory`.
+    #[arg(long, global = true, value_name = "FILE", env = "PAIRBUS_FLEET_KEY")]
+    fleet_key: Option<PathBuf>,
+    /// Claim window in seconds (must match the live projector's to give the same answers).
+    #[arg(long, global = true, default_value_t = DEFAULT_CLAIM_WINDOW_MS / 1000)]
+    claim_window: u64,
+    /// Print JSON (the documented view shapes) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum GraphFormat {
+    Text,
+    Dot,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Every device card, optionally in one state.
+    Devices {
+        /// unconfigured, activation_pending, configured, paired, standalone or revoked.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One device: state, owner, type, model, components, manager, sensors, activation, last seen.
+    Device {
+        /// Device id (16 hex digits).
+        id: String,
+    },
+    /// One device's complete, ordered trail (refused events included, with why).
+    History {
+        /// Device id.
+        id: String,
+        /// Only records received at or after T (RFC 3339 or Unix ms).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records received at or before T (RFC 3339 or Unix ms).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this event type (repeatable), e.g. `device.action`.
+        #[arg(long = "type")]
+        types: Vec<String>,
+    },
+    /// The pairing graph.
+    Graph {
+        /// text, dot or json.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+    },
+    /// Every alert (refused rules, seq gaps, lapsed activations, revoked devices...).
+    Alerts,
+    /// Actions per type per day, devices per state, alerts per code.
+    Stats,
+    /// State exactly as it was at a log position or a broker time.
+    Replay {
+        /// A log position (SEQ) or a time (RFC 3339).
+        #[arg(long = "as-of")]
+        as_of: String,
+        #[command(subcommand)]
+        what: ReplayWhat,
+    },
+    /// Writes a generated fleet log (signed with the test-vector root secret) for demos and
+    /// benchmarks.
+    #[command(hide = true)]
+    GenExport {
+        /// Devices.
+        #[arg(long, default_value_t = 1000)]
+        devices: u32,
+        /// Approximate number of records.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Output format.
+        #[arg(long, default_value = "cbor-seq")]
+        format: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplayWhat {
+    /// One device card.
+    Device {
+        /// Device id.
+        id: String,
+    },
+    /// The pairing graph.
+    Graph,
+    /// Every device card.
+    Devices,
+}
+
+type Fail = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pairbus-projector: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Unix ms from RFC 3339 or digits.
+fn parse_time(s: &str) -> Result<u64, Fail> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = DateTime::parse_from_rfc3339(s)
+        .map_err(|e| format!("`{s}` is neither Unix ms nor RFC 3339: {e}"))?;
+    u64::try_from(t.timestamp_millis()).map_err(|_| format!("`{s}` is before 1970").into())
+}
+
+fn time(ms: Option<u64>) -> String {
+    ms.and_then(|m| i64::try_from(m).ok())
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn projector(cli: &Cli) -> Result<Projector, Fail> {
+    let config = Config {
+        claim_window_ms: cli.claim_window.saturating_mul(1000),
+        ..Config::default()
+    };
+    Ok(match &cli.fleet_key {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let root =
+                RootSecret::from_hex(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            Projector::new(config, root)
+        }
+        None => {
+            eprintln!("warning: no --fleet-key: activation QR codes cannot be verified and are refused as unknown_factory");
+            Projector::new(config, NoKeys)
+        }
+    })
+}
+
+fn load(cli: &Cli) -> Result<Vec<Record>, Fail> {
+    let Some(path) = &cli.export else {
+        return Err("no --export FILE: querying a running projector over HTTP is not available yet (it comes with `pairbus-broker serve`)".into());
+    };
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let format = match &cli.export_format {
+        Some(f) => Format::parse(f).ok_or(format!("unknown export format `{f}`"))?,
+        None => Format::detect(&data),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let total = data.len().max(1);
+    let records = read_records(&data, format, |done| {
+        if tty {
+            eprint!(
+                "\rreading and verifying {}: {:>3}%",
+                path.display(),
+                done * 100 / total
+            );
+        }
+    })
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    if tty {
+        eprintln!();
+    }
+    Ok(records)
+}
+
+fn fold(pr: &Projector, records: &[Record]) -> Projections {
+    let tty = std::io::stderr().is_terminal() && records.len() > 200_000;
+    let mut p = Projections::new();
+    let mut fx = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        fx.clear();
+        pr.apply_into(&mut p, r, &mut fx);
+        if tty && i % 100_000 == 0 {
+            eprint!("\rfolding: {i}/{} records", records.len());
+        }
+    }
+    if tty {
+        eprintln!("\rfolding: {n}/{n} records", n = records.len());
+    }
+    p
+}
+
+fn print_json(o: &mut String, v: &impl serde::Serialize) -> Result<(), Fail> {
+    o.push_str(&serde_json::to_string_pretty(v)?);
+    o.push('\n');
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), Fail> {
+    if let Cmd::GenExport {
+        devices,
+        events,
+        out,
+        format,
+    } = &cli.command
+    {
+        let f = Format::parse(format).ok_or(format!("unknown format `{format}`"))?;
+        let log = pairbus_projector::testkit::fleet(*devices, *events);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
+        write_records(&mut w, &log.records, f)?;
+        w.flush()?;
+        eprintln!("wrote {} records to {}", log.records.len(), out.display());
+        return Ok(());
+    }
+    let records = load(&cli)?;
+    let pr = projector(&cli)?;
+    let q = match &cli.command {
+        Cmd::Devices { state } => Query::Devices {
+            state: match state {
+                Some(s) => Some(DeviceState::parse(s).ok_or(format!("unknown state `{s}`"))?),
+                None => None,
+            },
+        },
+        Cmd::Device { id } => Query::Device { id: id.clone() },
+        Cmd::History {
+            id,
+            since,
+            until,
+            types,
+        } => Query::History {
+            id: id.clone(),
+            since: since.as_deref().map(parse_time).transpose()?,
+            until: until.as_deref().map(parse_time).transpose()?,
+            types: types.clone(),
+        },
+        Cmd::Graph { .. } => Query::Graph,
+        Cmd::Alerts => Query::Alerts,
+        Cmd::Stats => Query::Stats,
+        Cmd::Replay { as_of, what } => {
+            let p = match as_of.parse::<u64>() {
+                Ok(seq) => query::as_of_seq(&pr, &records, seq),
+                Err(_) => query::as_of_time(&pr, &records, parse_time(as_of)?),
+            };
+            let q = match what {
+                ReplayWhat::Device { id } => Query::Device { id: id.clone() },
+                ReplayWhat::Graph => Query::Graph,
+                ReplayWhat::Devices => Query::Devices { state: None },
+            };
+            if !cli.json {
+                let mut o = String::new();
+                writeln!(
+                    o,
+                    "as of record {} ({})",
+                    p.last_seq,
+                    time(
+                        records
+                            .get(
+                                p.last_seq
+                                    .saturating_sub(records.first().map_or(1, |r| r.seq))
+                                    as usize
+                            )
+                            .map(|r| r.received_at)
+                    )
+                )?;
+                emit(o.as_bytes())?;
+            }
+            return answer(&cli, &p, &records, &q);
+        }
+        Cmd::GenExport { .. } => unreachable!("handled above"),
+    };
+    let p = fold(&pr, &records);
+    answer(&cli, &p, &records, &q)
+}
+
+fn answer(cli: &Cli, p: &Projections, records: &[Record], q: &Query) -> Result<(), Fail> {
+    let mut text = String::new();
+    render(cli, p, records, q, &mut text)?;
+    emit(text.as_bytes())
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn emit(bytes: &[u8]) -> Result<(), Fail> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn render(
+    cli: &Cli,
+    p: &Projections,
+    records: &[Record],
+    q: &Query,
+    o: &mut String,
+) -> Result<(), Fail> {
+    let resp = query::run(p, records, q)?;
+    if let (Cmd::Graph { format }, Response::Graph(g)) = (&cli.command, &resp) {
+        match format {
+            GraphFormat::Json => return print_json(o, g),
+            GraphFormat::Dot => {
+                write!(o, "{}", to_dot(g))?;
+                return Ok(());
+            }
+            GraphFormat::Text if !cli.json => {
+                write!(o, "{}", to_text(g))?;
+                return Ok(());
+            }
+            GraphFormat::Text => return print_json(o, g),
+        }
+    }
+    if cli.json {
+        return print_json(o, &resp);
+    }
+    match resp {
+        Response::Devices(v) => {
+            writeln!(
+                o,
+                "{:<16}  {:<18}  {:<8}  {:<10}  {:<12}  {:<16}  {:>7}  last seen",
+                "device", "state", "type", "model", "owner", "manager", "sensors"
+            )?;
+            for c in &v {
+                writeln!(
+                    o,
+                    "{:<16}  {:<18}  {:<8}  {:<10}  {:<12}  {:<16}  {:>7}  {}",
+                    c.device_id,
+                    c.state.as_str(),
+                    c.device_type,
+                    c.model,
+                    c.owner.as_deref().unwrap_or("-"),
+                    c.manager.as_ref().map_or("-".into(), |m| m.to_string()),
+                    c.sensors.len(),
+                    time(c.last_seen)
+                )?;
+            }
+            writeln!(o, "{} device(s)", v.len())?;
+        }
+        Response::Device(c) => print_card(o, &c)?,
+        Response::History(h) => {
+            for e in &h.entries {
+                let status = match &e.entry.refusal {
+                    None => "accepted".to_owned(),
+                    Some(r) => format!("REFUSED {}: {}", r.code.as_str(), r.detail),
+                };
+                let gap = e
+                    .entry
+                    .gap
+                    .map(|g| format!(" [seq gap: expected {}, got {}]", g.expected, g.got))
+                    .unwrap_or_default();
+                writeln!(
+                    o,
+                    "#{:<8} {}  {:<22} {:<26} {}{}",
+                    e.entry.seq,
+                    time(Some(e.entry.received_at)),
+                    e.entry.event_type.map_or("(undecodable)", |t| t.as_str()),
+                    e.entry.src.as_ref().map_or("-".into(), |s| s.to_string()),
+                    status,
+                    gap
+                )?;
+                if let Some(d) = &e.details {
+                    writeln!(o, "          {d}")?;
+                }
+            }
+            writeln!(o, "{} entr(y/ies) for {}", h.entries.len(), h.device)?;
+        }
+        Response::Graph(g) => write!(o, "{}", to_text(&g))?,
+        Response::Alerts(v) => {
+            for a in &v {
+                writeln!(
+                    o,
+                    "#{:<8} {}  {:<20} {:<16} {}",
+                    a.seq,
+                    time(Some(a.at)),
+                    a.code.as_str(),
+                    a.device.as_ref().map_or("-".into(), |d| d.to_string()),
+                    a.detail
+                )?;
+            }
+            writeln!(o, "{} alert(s)", v.len())?;
+        }
+        Response::Stats(s) => {
+            writeln!(o, "records folded: {}", s.last_seq)?;
+            writeln!(o, "undecodable records: {}", s.undecodable)?;
+            writeln!(o, "devices per state:")?;
+            for (k, v) in &s.devices {
+                writeln!(o, "  {k:<20} {v}")?;
+            }
+            writeln!(o, "alerts per code:")?;
+            for (k, v) in &s.alerts {
+                writeln!(o, "  {k:<20} {v}")?;
+            }
+            writeln!(o, "actions per type per day:")?;
+            for (a, days) in &s.actions {
+                for (d, n) in days {
+                    writeln!(o, "  {a:<20} {d}  {n}")?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_card(o: &mut String, c: &DeviceCard) -> std::fmt::Result {
+    writeln!(o, "device        {}", c.device_id)?;
+    writeln!(o, "state         {}", c.state.as_str())?;
+    writeln!(o, "name          {}", c.name)?;
+    writeln!(o, "type / model  {} / {}", c.device_type, c.model)?;
+    writeln!(
+        o,
+        "manufacturer  {} (factory {}, {})",
+        c.manufacturer,
+        c.factory,
+        time(Some(c.manufactured_at))
+    )?;
+    writeln!(o, "owner         {}", c.owner.as_deref().unwrap_or("-"))?;
+    writeln!(o, "activated_at  {}", time(c.activated_at))?;
+    if let Some(a) = &c.activation {
+        writeln!(
+            o,
+            "activation    by {} at {} (record {}), claim deadline {}, ip {}, user agent {}",
+            a.by,
+            time(Some(a.requested_at)),
+            a.seq,
+            time(Some(a.claim_deadline)),
+            a.ip.as_deref().unwrap_or("-"),
+            a.user_agent.as_deref().unwrap_or("-")
+        )?;
+    }
+    if let Some(s) = &c.setup {
+        writeln!(
+            o,
+            "setup         {} as {} by {} at {}",
+            s.owner,
+            s.role,
+            s.by,
+            time(Some(s.at))
+        )?;
+    }
+    writeln!(
+        o,
+        "components    {}",
+        c.components
+            .iter()
+            .map(|x| format!("{} ({})", x.kind, x.spec))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        o,
+        "manager       {}",
+        c.manager.as_ref().map_or("-".into(), |m| m.to_string())
+    )?;
+    writeln!(
+        o,
+        "sensors       {}",
+        c.sensors
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    if let Some(r) = &c.revoked {
+        writeln!(
+            o,
+            "revoked       by {} at {}: {}",
+            r.by,
+            time(Some(r.at)),
+            r.reason
+        )?;
+    }
+    writeln!(o, "last_seen     {}", time(c.last_seen))?;
+    writeln!(o, "trail         {} record(s)", c.events)?;
+    Ok(())
+}

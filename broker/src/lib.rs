@@ -5,6 +5,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bus;
+pub mod config;
+pub mod datadir;
+pub mod export;
+pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod metrics;

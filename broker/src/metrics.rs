@@ -63,21 +63,54 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        counter("pairbus_events_received_total", "Events read from in/ topics.", self.received.load(Ordering::Relaxed));
-        counter("pairbus_events_committed_total", "Events appended durably.", self.committed.load(Ordering::Relaxed));
-        counter("pairbus_events_already_committed_total", "Re-sent events stored once.", self.already_committed.load(Ordering::Relaxed));
-        counter("pairbus_group_commits_total", "Group commits.", self.batches.load(Ordering::Relaxed));
-        counter("pairbus_group_commit_errors_total", "Failed group commits.", self.commit_errors.load(Ordering::Relaxed));
-        counter("pairbus_connects_accepted_total", "Accepted MQTT CONNECTs.", self.auth_accepted.load(Ordering::Relaxed));
+        counter(
+            "pairbus_events_received_total",
+            "Events read from in/ topics.",
+            self.received.load(Ordering::Relaxed),
+        );
+        counter(
+            "pairbus_events_committed_total",
+            "Events appended durably.",
+            self.committed.load(Ordering::Relaxed),
+        );
+        counter(
+            "pairbus_events_already_committed_total",
+            "Re-sent events stored once.",
+            self.already_committed.load(Ordering::Relaxed),
+        );
+        counter(
+            "pairbus_group_commits_total",
+            "Group commits.",
+            self.batches.load(Ordering::Relaxed),
+        );
+        counter(
+            "pairbus_group_commit_errors_total",
+            "Failed group commits.",
+            self.commit_errors.load(Ordering::Relaxed),
+        );
+        counter(
+            "pairbus_connects_accepted_total",
+            "Accepted MQTT CONNECTs.",
+            self.auth_accepted.load(Ordering::Relaxed),
+        );
         let _ = writeln!(out, "# HELP pairbus_events_rejected_total Refused events by reason.\n# TYPE pairbus_events_rejected_total counter");
         for (reason, n) in self.rejected() {
-            let _ = writeln!(out, "pairbus_events_rejected_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "pairbus_events_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         let _ = writeln!(out, "# HELP pairbus_connects_refused_total Refused MQTT CONNECTs by reason.\n# TYPE pairbus_connects_refused_total counter");
         for (reason, n) in self.auth_refused() {
-            let _ = writeln!(out, "pairbus_connects_refused_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "pairbus_connects_refused_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         out
     }
@@ -95,7 +128,10 @@ mod tests {
         m.refuse_connect("token_expired");
         m.committed.fetch_add(3, Ordering::Relaxed);
         let text = m.render();
-        assert!(text.contains("pairbus_events_rejected_total{reason=\"bad_mac\"} 2"), "{text}");
+        assert!(
+            text.contains("pairbus_events_rejected_total{reason=\"bad_mac\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("pairbus_connects_refused_total{reason=\"token_expired\"} 1"));
         assert!(text.contains("pairbus_events_committed_total 3"));
     }

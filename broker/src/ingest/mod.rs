@@ -105,11 +105,13 @@ impl Ingest {
         let mut dev_tx = dev_tx;
         let mut op_tx = op_tx;
         let subscribe = |tx: &mut LinkTx, filter: &str| {
-            tx.subscribe(filter).map(|_| ()).map_err(|e| PlaneError::Link {
-                plane: "ingest",
-                client_id: filter.to_owned(),
-                reason: e.to_string(),
-            })
+            tx.subscribe(filter)
+                .map(|_| ())
+                .map_err(|e| PlaneError::Link {
+                    plane: "ingest",
+                    client_id: filter.to_owned(),
+                    reason: e.to_string(),
+                })
         };
         subscribe(&mut dev_tx, "pairbus/v1/in/device/+")?;
         subscribe(&mut op_tx, "pairbus/v1/in/operator/+")?;
@@ -252,7 +254,7 @@ impl Committer {
             ) {
                 Checked::Accepted { event, verified } => {
                     accepted.push(verified);
-                    events.push(event);
+                    events.push(*event);
                 }
                 Checked::Refused {
                     principal,
@@ -280,14 +282,19 @@ impl Committer {
                 AppendOutcome::Committed(record) => {
                     self.metrics.committed.fetch_add(1, Ordering::Relaxed);
                     self.confirm(event, record.seq, CommitStatus::Committed);
-                    self.outlets
-                        .publish(PlaneKind::Operator, Topic::Log.to_string(), record.encode());
+                    self.outlets.publish(
+                        PlaneKind::Operator,
+                        Topic::Log.to_string(),
+                        record.encode(),
+                    );
                     if let Some(hook) = self.hook.as_mut() {
                         hook(&record, event);
                     }
                 }
                 AppendOutcome::AlreadyCommitted(seq) => {
-                    self.metrics.already_committed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .already_committed
+                        .fetch_add(1, Ordering::Relaxed);
                     self.confirm(event, seq, CommitStatus::AlreadyCommitted);
                 }
                 AppendOutcome::SeqConflict { existing } => self.reject(
@@ -322,8 +329,11 @@ impl Committer {
             seq,
             status,
         };
-        self.outlets
-            .publish(plane, Topic::Committed(event.src.clone()).to_string(), msg.encode());
+        self.outlets.publish(
+            plane,
+            Topic::Committed(event.src.clone()).to_string(),
+            msg.encode(),
+        );
     }
 
     fn reject(&mut self, principal: &Kid, rejection: Rejection) {
@@ -334,7 +344,8 @@ impl Committer {
         if let Some(plane) = PlaneKind::of(principal.kind()) {
             if plane == PlaneKind::Device {
                 // The device and the operators both hear about it.
-                self.outlets.publish(PlaneKind::Device, topic.clone(), json.clone());
+                self.outlets
+                    .publish(PlaneKind::Device, topic.clone(), json.clone());
             }
         }
         self.outlets.publish(PlaneKind::Operator, topic, json);

@@ -167,12 +167,33 @@ mod tests {
         let e = auth(PlaneKind::Device, dev, dev, &token(dev, NOW)).unwrap_err();
         assert_eq!(e.label(), "token_expired");
         let other = token("device:e80421321203c37e", NOW + 60);
-        assert_eq!(auth(PlaneKind::Device, dev, dev, &other).unwrap_err().label(), "token_bad_mac");
-        assert_eq!(auth(PlaneKind::Device, dev, dev, "x").unwrap_err().label(), "token_malformed");
-        assert_eq!(auth(PlaneKind::Device, "b", "broker", "x").unwrap_err().label(), "wrong_plane");
-        assert_eq!(auth(PlaneKind::Device, "x", "nobody", "x").unwrap_err().label(), "bad_username");
+        assert_eq!(
+            auth(PlaneKind::Device, dev, dev, &other)
+                .unwrap_err()
+                .label(),
+            "token_bad_mac"
+        );
+        assert_eq!(
+            auth(PlaneKind::Device, dev, dev, "x").unwrap_err().label(),
+            "token_malformed"
+        );
+        assert_eq!(
+            auth(PlaneKind::Device, "b", "broker", "x")
+                .unwrap_err()
+                .label(),
+            "wrong_plane"
+        );
+        assert_eq!(
+            auth(PlaneKind::Device, "x", "nobody", "x")
+                .unwrap_err()
+                .label(),
+            "bad_username"
+        );
         let rev = "device:00000000000000ff";
         let t = token(rev, NOW + 60);
-        assert_eq!(auth(PlaneKind::Device, rev, rev, &t).unwrap_err().label(), "revoked");
+        assert_eq!(
+            auth(PlaneKind::Device, rev, rev, &t).unwrap_err().label(),
+            "revoked"
+        );
     }
 }

@@ -99,11 +99,12 @@ impl Plane {
     pub fn start(settings: PlaneSettings, auth: AuthFn) -> Result<Self, PlaneError> {
         let name = settings.name;
         // Bind first, so that a taken port is an error here rather than a log line later.
-        let probe = std::net::TcpListener::bind(settings.listen).map_err(|source| PlaneError::Bind {
-            plane: name,
-            addr: settings.listen,
-            source,
-        })?;
+        let probe =
+            std::net::TcpListener::bind(settings.listen).map_err(|source| PlaneError::Bind {
+                plane: name,
+                addr: settings.listen,
+                source,
+            })?;
         let listen = probe.local_addr().map_err(|source| PlaneError::Bind {
             plane: name,
             addr: settings.listen,

@@ -1,0 +1,188 @@
+//! The whole broker in one value: both MQTT planes, the log, the ingest pipeline and the
+//! HTTP API, started together and stopped together.
+
+use crate::http;
+use crate::ingest::{CommitHook, Ingest, IngestSettings};
+use crate::log::{LogConfig, LogError, SledLog};
+use crate::metrics::Metrics;
+use crate::mqtt::auth::{authenticate, PlaneKind};
+use crate::mqtt::plane::{AuthFn, Plane, PlaneError, PlaneSettings};
+use pairbus_schemas::RootSecret;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// Where the broker listens and keeps its data.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// The data folder (`fleet.key`, `log/`, identities).
+    pub data_dir: PathBuf,
+    /// Device plane listener.
+    pub device_listen: SocketAddr,
+    /// Operator plane listener.
+    pub operator_listen: SocketAddr,
+    /// HTTP API listener.
+    pub http_listen: SocketAddr,
+    /// Ingest pipeline settings.
+    pub ingest: IngestSettings,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, Error)]
+pub enum BusError {
+    /// The event log could not be opened.
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+    /// An MQTT plane could not start.
+    #[error(transparent)]
+    Plane(#[from] PlaneError),
+    /// The HTTP API could not start.
+    #[error("HTTP API on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running broker.
+pub struct Bus {
+    device: Plane,
+    operator: Plane,
+    ingest: Ingest,
+    http: http::HttpServer,
+    log: Arc<SledLog>,
+    metrics: Arc<Metrics>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn auth_for(
+    plane: PlaneKind,
+    root: RootSecret,
+    log: Arc<SledLog>,
+    metrics: Arc<Metrics>,
+) -> AuthFn {
+    Arc::new(move |client_id: &str, username: &str, password: &str| {
+        let span = tracing::info_span!("connect", plane = plane.as_str(), client_id, username);
+        let _enter = span.enter();
+        match authenticate(
+            plane,
+            client_id,
+            username,
+            password,
+            now_secs(),
+            &root,
+            |k| log.is_revoked(k),
+        ) {
+            Ok(_) => {
+                metrics.auth_accepted.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("connection accepted");
+                true
+            }
+            Err(e) => {
+                metrics.refuse_connect(e.label());
+                tracing::warn!(reason = e.label(), error = %e, "connection refused");
+                false
+            }
+        }
+    })
+}
+
+impl Bus {
+    /// Opens the log in `<data_dir>/log` and starts everything.
+    pub fn start(
+        settings: BusSettings,
+        root: RootSecret,
+        hook: Option<CommitHook>,
+    ) -> Result<Self, BusError> {
+        let log = Arc::new(SledLog::open(
+            LogConfig::new(settings.data_dir.join("log")),
+            root.clone(),
+        )?);
+        let metrics = Arc::new(Metrics::default());
+        let device = Plane::start(
+            PlaneSettings::new("device", settings.device_listen),
+            auth_for(
+                PlaneKind::Device,
+                root.clone(),
+                log.clone(),
+                metrics.clone(),
+            ),
+        )?;
+        let operator = Plane::start(
+            PlaneSettings::new("operator", settings.operator_listen),
+            auth_for(
+                PlaneKind::Operator,
+                root.clone(),
+                log.clone(),
+                metrics.clone(),
+            ),
+        )?;
+        let ingest = Ingest::start(
+            &device,
+            &operator,
+            log.clone(),
+            root.clone(),
+            metrics.clone(),
+            settings.ingest.clone(),
+            hook,
+        )?;
+        let http = http::HttpServer::start(settings.http_listen, log.clone(), metrics.clone())
+            .map_err(|source| BusError::Http {
+                addr: settings.http_listen,
+                source,
+            })?;
+        Ok(Bus {
+            device,
+            operator,
+            ingest,
+            http,
+            log,
+            metrics,
+        })
+    }
+
+    /// The device plane's address.
+    pub fn device_addr(&self) -> SocketAddr {
+        self.device.listen_addr()
+    }
+
+    /// The operator plane's address.
+    pub fn operator_addr(&self) -> SocketAddr {
+        self.operator.listen_addr()
+    }
+
+    /// The HTTP API's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.addr()
+    }
+
+    /// The event log.
+    pub fn log(&self) -> &Arc<SledLog> {
+        &self.log
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stops accepting, finishes the group commit in progress, and closes everything.
+    pub fn shutdown(self) {
+        self.device.shutdown();
+        self.operator.shutdown();
+        self.ingest.stop();
+        self.http.shutdown();
+        // Every acknowledged commit is already durable; dropping the log closes sled.
+    }
+}

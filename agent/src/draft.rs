@@ -43,7 +43,10 @@ impl Draft {
     /// only speaks about itself).
     pub fn signable_by(&self, kid: &Kid) -> bool {
         self.body.event_type().signers().contains(&kid.kind())
-            && kid.device_id().map_or(true, |d| d == self.device)
+            && match kid.device_id() {
+                Some(d) => d == self.device,
+                None => true,
+            }
     }
 }
 

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod device;
 pub mod draft;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod operator;
 pub mod outbox;
 pub mod qrimage;
 pub mod relayed;
+pub mod session;
 
 pub mod sys;
 

@@ -1,1 +1,878 @@
-fn main() {}
+//! `pairbus-agent --identity FILE <command>`: the client of every principal.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use pairbus_agent::control;
+use pairbus_agent::device::{LocalCommand, SimulatedSensor};
+use pairbus_agent::draft::{self, ClientInfo, ManufactureSpec};
+use pairbus_agent::factory::{self, OutputPaths};
+use pairbus_agent::operator::{self, ActivationRecord};
+use pairbus_agent::outbox::Outbox;
+use pairbus_agent::session::{self, Session, SessionOptions, StopReason};
+use pairbus_agent::{sys, AgentError};
+use pairbus_schemas::event::{Command, Metadata, Role};
+use pairbus_schemas::identity::Identity;
+use pairbus_schemas::ids::{DeviceId, Kid, PrincipalKind};
+use pairbus_schemas::qr::DEFAULT_QR_TTL_SECS;
+use pairbus_schemas::Event;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// pairbus agent: the client of every principal (device, factory station, operator).
+///
+/// Every event is signed with the identity's key, stored in a durable outbox, and re-sent
+/// until the broker confirms it on `committed/`.
+#[derive(Parser, Debug)]
+#[command(name = "pairbus-agent", version)]
+struct Cli {
+    /// The identity file (TOML: kid, key, broker).
+    #[arg(long, short, env = "PAIRBUS_IDENTITY", global = true)]
+    identity: Option<PathBuf>,
+    /// The outbox directory (default: `<identity file>.outbox`).
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
+    /// Seconds to wait for the broker's confirmation after queueing (0: only queue; the
+    /// events are sent by the next `send` or `run`).
+    #[arg(long, default_value_t = 10, global = true)]
+    wait: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// (factory) Make a device: identity file, signed QR code, `device.manufactured`.
+    Make {
+        /// Serial number (never stored nor published: only its keyed hash).
+        #[arg(long)]
+        serial: String,
+        /// Device type, e.g. phone, sensor.
+        #[arg(long = "type")]
+        device_type: String,
+        /// Model (default: the type).
+        #[arg(long)]
+        model: Option<String>,
+        /// Display name (default: `<type>-<first 6 digits of the id>`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Manufacturer (default: the factory's name).
+        #[arg(long)]
+        manufacturer: Option<String>,
+        /// A component `kind=spec` (repeatable).
+        #[arg(long = "component")]
+        components: Vec<String>,
+        /// Where to write the QR code as PNG (default: `<out>/<device_id>.png`).
+        #[arg(long)]
+        qr_png: Option<PathBuf>,
+        /// Where to write the QR code as SVG (default: `<out>/<device_id>.svg`).
+        #[arg(long)]
+        qr_svg: Option<PathBuf>,
+        /// Directory for the device's files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// QR code lifetime in seconds (default 10 years).
+        #[arg(long, default_value_t = DEFAULT_QR_TTL_SECS)]
+        ttl: u64,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Do not print the QR code on the terminal.
+        #[arg(long)]
+        no_terminal: bool,
+    },
+    /// (factory) Make every device of a CSV file (header: serial,type[,model,name,components]).
+    Batch {
+        /// The CSV file.
+        #[arg(long)]
+        csv: PathBuf,
+        /// Directory for the devices' files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// QR code lifetime in seconds (default 10 years).
+        #[arg(long, default_value_t = DEFAULT_QR_TTL_SECS)]
+        ttl: u64,
+        /// Manufacturer (default: the factory's name).
+        #[arg(long)]
+        manufacturer: Option<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// (operator) Activate a device from its QR code (text, or a PNG/JPEG photo).
+    Activate {
+        /// The QR text (`PB1:…`) or an image file.
+        #[arg(long)]
+        qr: String,
+        /// The new owner.
+        #[arg(long)]
+        owner: String,
+        /// The scanning client's IP address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// The scanning client's user agent.
+        #[arg(long)]
+        user_agent: Option<String>,
+        /// A client fingerprint.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// The fleet root, to check the factory MAC locally (otherwise form and expiry only;
+        /// the MAC is then checked by the broker/projector).
+        #[arg(long)]
+        fleet_key: Option<PathBuf>,
+    },
+    /// (operator, device) Complete setup: `device.setup_completed`. Run by the device itself,
+    /// it proves possession of its key after activation.
+    Setup {
+        /// The device (operator only).
+        #[arg(long)]
+        device: Option<String>,
+        /// The owner.
+        #[arg(long)]
+        owner: String,
+        /// `owner` or `admin`.
+        #[arg(long, default_value = "owner")]
+        role: String,
+    },
+    /// (operator) Ask a manager device to pair with a sensor.
+    Pair {
+        /// The manager's device id.
+        #[arg(long)]
+        manager: String,
+        /// The sensor's device id.
+        #[arg(long)]
+        sensor: String,
+    },
+    /// (operator, device) Unpair two devices.
+    Unpair {
+        /// The device (operator only).
+        #[arg(long)]
+        device: Option<String>,
+        /// Its peer.
+        #[arg(long)]
+        peer: String,
+    },
+    /// (operator, device) Put a device in standalone mode (a device unpairs first).
+    Standalone {
+        /// The device (operator only).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// (operator) Revoke a device: its later events are refused.
+    Revoke {
+        /// The device id.
+        #[arg(long)]
+        device: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// (device) Run: stay connected, publish presence, answer pairing and commands.
+    Run {
+        /// Re-send unconfirmed events after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        resend_after: u64,
+    },
+    /// (device) Record an action (through the running agent if there is one).
+    Action {
+        /// What was done: voice_recording, qr_scan, login, file_upload, …
+        action: String,
+        /// Metadata `key=value` (repeatable; true/false and integers are typed; `s:` forces text).
+        #[arg(long = "meta")]
+        meta: Vec<String>,
+        /// Where from.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Which client.
+        #[arg(long)]
+        user_agent: Option<String>,
+    },
+    /// (device, a manager) Send a command to a managed device.
+    Command {
+        /// The target device id.
+        #[arg(long)]
+        target: String,
+        /// start_scan, status or shutdown.
+        command: String,
+        /// Parameters `key=value` (repeatable).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 60)]
+        ttl: u64,
+    },
+    /// (any) Deliver every pending event and wait for the confirmations.
+    Send,
+    /// (any) List the events waiting for confirmation and those the broker refused.
+    Outbox,
+}
+
+#[derive(clap::Args, Debug)]
+struct FleetArgs {
+    /// The fleet root secret file (`fleet.key`): needed to derive the device key and the
+    /// serial hash (the factory station is trusted with the root in v1).
+    #[arg(long)]
+    fleet_key: PathBuf,
+    /// The broker address written into the device's identity file.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    device_broker: String,
+}
+
+impl Cmd {
+    fn name(&self) -> &'static str {
+        match self {
+            Cmd::Make { .. } => "make",
+            Cmd::Batch { .. } => "batch",
+            Cmd::Activate { .. } => "activate",
+            Cmd::Setup { .. } => "setup",
+            Cmd::Pair { .. } => "pair",
+            Cmd::Unpair { .. } => "unpair",
+            Cmd::Standalone { .. } => "standalone",
+            Cmd::Revoke { .. } => "revoke",
+            Cmd::Run { .. } => "run",
+            Cmd::Action { .. } => "action",
+            Cmd::Command { .. } => "command",
+            Cmd::Send => "send",
+            Cmd::Outbox => "outbox",
+        }
+    }
+
+    fn kinds(&self) -> &'static [PrincipalKind] {
+        use PrincipalKind::*;
+        match self {
+            Cmd::Make { .. } | Cmd::Batch { .. } => &[Factory],
+            Cmd::Activate { .. } | Cmd::Pair { .. } | Cmd::Revoke { .. } => &[Operator],
+            Cmd::Setup { .. } | Cmd::Unpair { .. } | Cmd::Standalone { .. } => &[Operator, Device],
+            Cmd::Run { .. } | Cmd::Action { .. } | Cmd::Command { .. } => &[Device],
+            Cmd::Send | Cmd::Outbox => &[Factory, Operator, Device],
+        }
+    }
+}
+
+fn commands_for(kind: PrincipalKind) -> String {
+    let all = [
+        "make",
+        "batch",
+        "activate",
+        "setup",
+        "pair",
+        "unpair",
+        "standalone",
+        "revoke",
+        "run",
+        "action",
+        "command",
+        "send",
+        "outbox",
+    ];
+    let allowed = |c: &str| match c {
+        "make" | "batch" => kind == PrincipalKind::Factory,
+        "activate" | "pair" | "revoke" => kind == PrincipalKind::Operator,
+        "setup" | "unpair" | "standalone" => {
+            matches!(kind, PrincipalKind::Operator | PrincipalKind::Device)
+        }
+        "run" | "action" | "command" => kind == PrincipalKind::Device,
+        _ => kind != PrincipalKind::Broker,
+    };
+    all.into_iter()
+        .filter(|c| allowed(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(match cli.command {
+            Cmd::Run { .. } => "info",
+            _ => "warn",
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+struct Ctx {
+    identity: Identity,
+    data: PathBuf,
+    wait: u64,
+}
+
+fn load_identity(path: &Path) -> Result<Identity> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading identity file {}", path.display()))?,
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "identity file is readable by others: chmod 600 it");
+            }
+        }
+    }
+    Identity::from_toml(&text).with_context(|| format!("identity file {}", path.display()))
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let path = cli
+        .identity
+        .clone()
+        .ok_or_else(|| anyhow!("--identity FILE is required (or set PAIRBUS_IDENTITY)"))?;
+    let identity = load_identity(&path)?;
+    let kind = identity.kid.kind();
+    if !cli.command.kinds().contains(&kind) {
+        let who: Vec<&str> = cli.command.kinds().iter().map(|k| k.as_str()).collect();
+        bail!(
+            "`{}` is a {} command, but this identity is {} (a {kind}); a {kind} may run: {}",
+            cli.command.name(),
+            who.join(" or "),
+            identity.kid,
+            commands_for(kind)
+        );
+    }
+    let data = cli.data.clone().unwrap_or_else(|| {
+        let mut p = path.clone().into_os_string();
+        p.push(".outbox");
+        PathBuf::from(p)
+    });
+    let ctx = Ctx {
+        identity,
+        data,
+        wait: cli.wait,
+    };
+    match cli.command {
+        Cmd::Make {
+            serial,
+            device_type,
+            model,
+            name,
+            manufacturer,
+            components,
+            qr_png,
+            qr_svg,
+            out,
+            ttl,
+            fleet,
+            no_terminal,
+        } => {
+            let root = factory::read_fleet_key(&fleet.fleet_key)?;
+            factory::check_factory_key(&root, &ctx.identity.kid, &ctx.identity.key)?;
+            let comps = components
+                .iter()
+                .map(|c| draft::parse_component(c).map_err(|e| anyhow!(e)))
+                .collect::<Result<Vec<_>>>()?;
+            let outbox = open_outbox(&ctx)?;
+            let made = make_one(
+                &ctx,
+                &outbox,
+                &root,
+                &fleet.device_broker,
+                &serial,
+                device_type,
+                model,
+                name,
+                manufacturer,
+                comps,
+                ttl,
+                &out,
+                qr_png,
+                qr_svg,
+            )?;
+            if !no_terminal {
+                println!("{}", pairbus_agent::qrimage::to_terminal(&made.qr)?);
+            }
+            println!("{}", made.qr);
+            deliver(&ctx, outbox)
+        }
+        Cmd::Batch {
+            csv,
+            out,
+            ttl,
+            manufacturer,
+            fleet,
+        } => {
+            let root = factory::read_fleet_key(&fleet.fleet_key)?;
+            factory::check_factory_key(&root, &ctx.identity.kid, &ctx.identity.key)?;
+            let text = std::fs::read_to_string(&csv)
+                .with_context(|| format!("reading {}", csv.display()))?;
+            let rows = factory::parse_batch_csv(&text)?;
+            let outbox = open_outbox(&ctx)?;
+            let bar = indicatif::ProgressBar::new(rows.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} devices {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let mut failed = Vec::new();
+            for row in rows {
+                let comps: Result<Vec<_>, _> = row
+                    .components
+                    .iter()
+                    .map(|c| draft::parse_component(c))
+                    .collect();
+                let res = comps.map_err(|e| anyhow!(e)).and_then(|comps| {
+                    make_one(
+                        &ctx,
+                        &outbox,
+                        &root,
+                        &fleet.device_broker,
+                        &row.serial,
+                        row.device_type.clone(),
+                        row.model.clone(),
+                        row.name.clone(),
+                        manufacturer.clone(),
+                        comps,
+                        ttl,
+                        &out,
+                        None,
+                        None,
+                    )
+                });
+                match res {
+                    Ok(m) => bar.set_message(m.device_id.to_string()),
+                    Err(e) => failed.push(format!("line {}: {e:#}", row.line)),
+                }
+                bar.inc(1);
+            }
+            bar.finish();
+            for f in &failed {
+                eprintln!("{f}");
+            }
+            deliver(&ctx, outbox)?;
+            if !failed.is_empty() {
+                bail!("{} row(s) failed", failed.len());
+            }
+            Ok(())
+        }
+        Cmd::Activate {
+            qr,
+            owner,
+            ip,
+            user_agent,
+            fingerprint,
+            fleet_key,
+        } => {
+            let text = if qr.starts_with(pairbus_schemas::qr::QR_PREFIX) {
+                qr
+            } else if Path::new(&qr).is_file() {
+                pairbus_agent::qrimage::read_image(Path::new(&qr))?
+                    .trim()
+                    .to_owned()
+            } else {
+                bail!("--qr: `{qr}` is neither QR text (PB1:…) nor an image file");
+            };
+            let root = fleet_key
+                .as_deref()
+                .map(factory::read_fleet_key)
+                .transpose()?;
+            let check = operator::check_qr(&text, sys::now_secs(), root.as_ref())
+                .map_err(AgentError::from)?;
+            let device = check.claims.device_id.clone();
+            let outbox = open_outbox(&ctx)?;
+            let key = operator::activation_key(&device);
+            operator::check_not_reused(&device, outbox.state_get::<ActivationRecord>(&key)?)?;
+            let token = operator::new_activation_token(sys::random());
+            let record = serde_json::to_vec(&ActivationRecord {
+                at_ms: sys::now_ms(),
+                owner: owner.clone(),
+            })?;
+            let evs = outbox.enqueue(
+                &ctx.identity,
+                vec![draft::activated(
+                    device.clone(),
+                    text,
+                    owner,
+                    &token,
+                    ClientInfo {
+                        ip,
+                        user_agent,
+                        fingerprint,
+                    },
+                )],
+                &[(key.as_str(), Some(record))],
+                sys::now_ms(),
+                sys::random,
+            )?;
+            println!(
+                "QR code ok: device {device} ({} {}), made by {}, expires at {} (Unix s); factory MAC {}",
+                check.claims.device_type,
+                check.claims.model,
+                check.factory,
+                check.claims.exp,
+                if check.mac_checked { "checked" } else { "not checked here (no --fleet-key): the broker/projector checks it" }
+            );
+            println!("activation token (shown once, keep it): {}", token.as_str());
+            println!(
+                "activation is pending until the device proves its key (e.g. its own `setup`)"
+            );
+            print_queued(&evs);
+            deliver(&ctx, outbox)
+        }
+        Cmd::Setup {
+            device,
+            owner,
+            role,
+        } => {
+            let role =
+                Role::parse(&role).ok_or_else(|| anyhow!("--role must be owner or admin"))?;
+            match kind {
+                PrincipalKind::Device => {
+                    if device.is_some() {
+                        bail!("--device is for operators: a device sets itself up");
+                    }
+                    let me = my_device(&ctx)?;
+                    device_local(
+                        &ctx,
+                        LocalCommand::Setup(draft::setup_completed(me, owner, role)),
+                    )
+                }
+                _ => {
+                    let d = device_arg(device.as_deref(), "setup")?;
+                    operator_event(&ctx, draft::setup_completed(d, owner, role))
+                }
+            }
+        }
+        Cmd::Pair { manager, sensor } => {
+            let (m, s) = (parse_device(&manager)?, parse_device(&sensor)?);
+            if m == s {
+                bail!("a device cannot pair with itself");
+            }
+            operator_event(&ctx, draft::pairing_requested(m, s))
+        }
+        Cmd::Unpair { device, peer } => {
+            let peer = parse_device(&peer)?;
+            match kind {
+                PrincipalKind::Device => {
+                    if device.is_some() {
+                        bail!("--device is for operators: a device unpairs itself");
+                    }
+                    device_local(&ctx, LocalCommand::Unpair(peer))
+                }
+                _ => operator_event(
+                    &ctx,
+                    draft::unpaired(device_arg(device.as_deref(), "unpair")?, peer),
+                ),
+            }
+        }
+        Cmd::Standalone { device } => match kind {
+            PrincipalKind::Device => {
+                if device.is_some() {
+                    bail!("--device is for operators");
+                }
+                device_local(&ctx, LocalCommand::Standalone)
+            }
+            _ => operator_event(
+                &ctx,
+                draft::standalone(device_arg(device.as_deref(), "standalone")?),
+            ),
+        },
+        Cmd::Revoke { device, reason } => {
+            operator_event(&ctx, draft::revoked(parse_device(&device)?, reason))
+        }
+        Cmd::Run { resend_after } => run_device(&ctx, resend_after),
+        Cmd::Action {
+            action,
+            meta,
+            ip,
+            user_agent,
+        } => {
+            let me = my_device(&ctx)?;
+            device_local(
+                &ctx,
+                LocalCommand::Action(draft::action(
+                    me,
+                    action,
+                    parse_metas(&meta)?,
+                    ip,
+                    user_agent,
+                )),
+            )
+        }
+        Cmd::Command {
+            target,
+            command,
+            params,
+            ttl,
+        } => {
+            let me = my_device(&ctx)?;
+            let c = Command::parse(&command)
+                .ok_or_else(|| anyhow!("command must be start_scan, status or shutdown"))?;
+            let d = draft::command_issued(
+                me,
+                parse_device(&target)?,
+                c,
+                parse_metas(&params)?,
+                sys::now_ms(),
+                ttl.saturating_mul(1000),
+            );
+            device_local(&ctx, LocalCommand::Command(d))
+        }
+        Cmd::Send => {
+            let outbox = open_outbox(&ctx)?;
+            println!("{} event(s) pending", outbox.pending_len());
+            deliver(
+                &Ctx {
+                    wait: ctx.wait.max(1),
+                    ..ctx
+                },
+                outbox,
+            )
+        }
+        Cmd::Outbox => {
+            let outbox = open_outbox(&ctx)?;
+            println!("next seq: {}", outbox.next_seq()?);
+            for p in outbox.pending()? {
+                println!(
+                    "pending  seq={} id={} type={}",
+                    p.seq,
+                    p.id,
+                    Outbox::describe(&p)
+                );
+            }
+            for r in outbox.refused()? {
+                println!(
+                    "refused  seq={} id={} reason={} detail={}",
+                    r.seq, r.id, r.reason, r.detail
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_one(
+    ctx: &Ctx,
+    outbox: &Outbox,
+    root: &pairbus_schemas::RootSecret,
+    device_broker: &str,
+    serial: &str,
+    device_type: String,
+    model: Option<String>,
+    name: Option<String>,
+    manufacturer: Option<String>,
+    components: Vec<pairbus_schemas::event::Component>,
+    ttl: u64,
+    out: &Path,
+    qr_png: Option<PathBuf>,
+    qr_svg: Option<PathBuf>,
+) -> Result<factory::MadeDevice> {
+    factory::check_serial(serial)?;
+    let device_id = pairbus_schemas::keys::device_id_from_serial_hash(&root.serial_hash(serial));
+    let spec = ManufactureSpec {
+        model: model.unwrap_or_else(|| device_type.clone()),
+        name: name.unwrap_or_else(|| format!("{device_type}-{}", &device_id.as_str()[..6])),
+        manufacturer: manufacturer.unwrap_or_else(|| ctx.identity.kid.name().to_owned()),
+        device_type,
+        components,
+    };
+    let made = factory::make_device(
+        root,
+        &ctx.identity.kid,
+        &ctx.identity.key,
+        serial,
+        spec,
+        device_broker,
+        sys::now_secs(),
+        ttl,
+    )?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut paths = OutputPaths::in_dir(out, &made.device_id);
+    if qr_png.is_some() {
+        paths.png = qr_png;
+    }
+    if qr_svg.is_some() {
+        paths.svg = qr_svg;
+    }
+    factory::write_outputs(&made, &paths).with_context(|| format!("device {}", made.device_id))?;
+    let evs = session::enqueue(outbox, &ctx.identity, vec![made.draft.clone()])?;
+    println!(
+        "made device {} -> {}",
+        made.device_id,
+        paths.identity.display()
+    );
+    print_queued(&evs);
+    Ok(made)
+}
+
+fn parse_device(s: &str) -> Result<DeviceId> {
+    DeviceId::parse(s).map_err(|e| anyhow!(e))
+}
+
+fn device_arg(d: Option<&str>, cmd: &str) -> Result<DeviceId> {
+    parse_device(d.ok_or_else(|| anyhow!("`{cmd}` by an operator needs --device ID"))?)
+}
+
+fn parse_metas(kvs: &[String]) -> Result<Metadata> {
+    let mut m = Metadata::new();
+    for kv in kvs {
+        let (k, v) = draft::parse_meta(kv).map_err(|e| anyhow!(e))?;
+        m.insert(k, v);
+    }
+    Ok(m)
+}
+
+fn my_device(ctx: &Ctx) -> Result<DeviceId> {
+    ctx.identity
+        .kid
+        .device_id()
+        .ok_or_else(|| anyhow!("not a device identity"))
+}
+
+fn open_outbox(ctx: &Ctx) -> Result<Outbox> {
+    Outbox::open(&ctx.data).map_err(|e| match e {
+        AgentError::OutboxLocked(p) => anyhow!(
+            "the outbox {} is held by another pairbus-agent process for {} (a `run` still starting or stopping?); try again",
+            p.display(),
+            ctx.identity.kid
+        ),
+        other => anyhow!(other),
+    })
+}
+
+fn print_queued(evs: &[Event]) {
+    for e in evs {
+        println!("queued {} id={} seq={}", e.event_type(), e.id, e.seq);
+    }
+}
+
+fn operator_event(ctx: &Ctx, d: draft::Draft) -> Result<()> {
+    let outbox = open_outbox(ctx)?;
+    let evs = session::enqueue(&outbox, &ctx.identity, vec![d])?;
+    print_queued(&evs);
+    deliver(ctx, outbox)
+}
+
+/// A device's own command: through the running agent's control socket if one listens,
+/// otherwise straight into the outbox.
+fn device_local(ctx: &Ctx, cmd: LocalCommand) -> Result<()> {
+    #[cfg(unix)]
+    if let Some(reply) =
+        control::request(&control::socket_path(&ctx.data), &cmd, &ctx.identity.kid)?
+    {
+        if let Some(e) = reply.error {
+            bail!("{e}");
+        }
+        for q in reply.ok {
+            println!(
+                "queued {} id={} seq={} (handed to the running agent)",
+                q.event_type, q.id, q.seq
+            );
+        }
+        return Ok(());
+    }
+    let outbox = open_outbox(ctx)?;
+    let evs = session::enqueue_local(&outbox, &ctx.identity, cmd)?;
+    print_queued(&evs);
+    deliver(ctx, outbox)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Sends what is pending and waits up to `--wait` seconds for the confirmations.
+fn deliver(ctx: &Ctx, outbox: Outbox) -> Result<()> {
+    if ctx.wait == 0 || outbox.pending_len() == 0 {
+        if outbox.pending_len() > 0 {
+            println!(
+                "{} event(s) queued; run `send` (or `run`) to deliver",
+                outbox.pending_len()
+            );
+        }
+        return Ok(());
+    }
+    let opts = SessionOptions {
+        until_empty: true,
+        deadline: Some(Duration::from_secs(ctx.wait)),
+        resend_after: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let s = Session::new(
+        ctx.identity.clone(),
+        outbox,
+        opts,
+        Box::new(SimulatedSensor::default()),
+    );
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let report = runtime()?.block_on(s.run(rx, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))?;
+    match report.reason {
+        StopReason::Delivered if report.refused == 0 => println!("delivered: {} event(s) committed", report.confirmed),
+        StopReason::Delivered => {
+            bail!("{} event(s) refused by the broker (see `outbox`); {} committed", report.refused, report.confirmed)
+        }
+        _ => println!(
+            "{} event(s) committed, {} still queued (broker {} unreachable or slow): they are kept and re-sent by `send` or `run`",
+            report.confirmed, report.pending, ctx.identity.broker
+        ),
+    }
+    Ok(())
+}
+
+fn run_device(ctx: &Ctx, resend_after: u64) -> Result<()> {
+    let outbox = open_outbox(ctx)?;
+    let opts = SessionOptions {
+        resend_after: Duration::from_secs(resend_after.max(1)),
+        ..Default::default()
+    };
+    let data = ctx.data.clone();
+    let s = Session::new(
+        ctx.identity.clone(),
+        outbox,
+        opts,
+        Box::new(SimulatedSensor::default()),
+    );
+    let kid: Kid = ctx.identity.kid.clone();
+    let report = runtime()?.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        #[cfg(unix)]
+        {
+            let path = control::socket_path(&data);
+            tokio::spawn(async move {
+                if let Err(e) = control::serve(path, tx).await {
+                    tracing::error!(error = %e, "control socket stopped");
+                }
+            });
+        }
+        tracing::info!(%kid, "device agent running");
+        s.run(rx, shutdown_signal()).await
+    });
+    #[cfg(unix)]
+    let _ = std::fs::remove_file(control::socket_path(&ctx.data));
+    let report = report?;
+    println!(
+        "stopped ({:?}); {} event(s) still queued",
+        report.reason, report.pending
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

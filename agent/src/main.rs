@@ -327,11 +327,21 @@ fn real_main(cli: Cli) -> Result<()> {
     let kind = identity.kid.kind();
     if !cli.command.kinds().contains(&kind) {
         let who: Vec<&str> = cli.command.kinds().iter().map(|k| k.as_str()).collect();
+        let a = |w: &str| {
+            if w.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            }
+        };
+        let who = who.join(" or ");
         bail!(
-            "`{}` is a {} command, but this identity is {} (a {kind}); a {kind} may run: {}",
+            "`{}` is {} {who} command, but this identity is {} ({} {kind}); {} {kind} may run: {}",
             cli.command.name(),
-            who.join(" or "),
+            a(&who),
             identity.kid,
+            a(kind.as_str()),
+            a(kind.as_str()),
             commands_for(kind)
         );
     }

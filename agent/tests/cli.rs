@@ -559,3 +559,133 @@ fn sigkill_mid_publish_loses_and_duplicates_nothing() {
     assert_eq!(got, assigned, "each event exactly once, same ids and seqs");
     assert!(log.rejections.is_empty(), "{:?}", log.rejections);
 }
+
+/// The whole life over loopback MQTT with the binary: factory → QR PNG read back → activate →
+/// the devices' own setup → pair → command → action → shutdown by command.
+#[test]
+fn end_to_end_factory_to_command_with_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let r = root();
+    let broker = start_broker(free_port(), FakeOptions::default());
+    let addr = broker.addr();
+    let fleet = write_fleet(d, "fleet.key", &r);
+    let fac = write_identity(d, "fac.toml", &r, "factory:line-1", &addr);
+    let op = write_identity(d, "op.toml", &r, "operator:admin", &addr);
+    let made = d.join("made");
+    let mut devices = Vec::new();
+    for (serial, t) in [("M-1", "phone"), ("S-1", "sensor")] {
+        let out = ok(agent(
+            &fac,
+            &[
+                "make",
+                "--serial",
+                serial,
+                "--type",
+                t,
+                "--out",
+                made.to_str().unwrap(),
+                "--fleet-key",
+                fleet.to_str().unwrap(),
+                "--device-broker",
+                &addr,
+                "--no-terminal",
+            ],
+        ));
+        assert!(out.contains("delivered: 1 event(s) committed"), "{out}");
+        let id = out
+            .lines()
+            .find_map(|l| l.strip_prefix("made device "))
+            .unwrap()[..16]
+            .to_owned();
+        let png = made.join(format!("{id}.png"));
+        let out = ok(agent(
+            &op,
+            &["activate", "--qr", png.to_str().unwrap(), "--owner", "ann"],
+        ));
+        assert!(out.contains("delivered: 1 event(s) committed"), "{out}");
+        let identity = made.join(format!("{id}.toml"));
+        // The device's own signed event after activation: proof of possession.
+        let out = ok(agent(&identity, &["setup", "--owner", "ann"]));
+        assert!(out.contains("delivered: 1 event(s) committed"), "{out}");
+        devices.push((id, identity));
+    }
+    let (m, s) = (&devices[0], &devices[1]);
+    let run_m = Run::start(&m.1);
+    let mut run_s = Run::start(&s.1);
+    wait_socket(&PathBuf::from(format!("{}.outbox", m.1.display())));
+    wait_socket(&PathBuf::from(format!("{}.outbox", s.1.display())));
+    ok(agent(&op, &["pair", "--manager", &m.0, "--sensor", &s.0]));
+    broker.wait_for(15, "pairing.accepted", |l| {
+        !l.of_type("pairing.accepted").is_empty()
+    });
+    // The manager learns of the acceptance through its relay; retry until it has.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = agent(&m.1, &["command", "--target", &s.0, "status"]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    broker.wait_for(15, "command.completed", |l| {
+        !l.of_type("command.completed").is_empty()
+    });
+    let out = ok(agent(
+        &s.1,
+        &[
+            "action",
+            "voice_recording",
+            "--meta",
+            "seconds=12",
+            "--ip",
+            "10.1.2.3",
+        ],
+    ));
+    assert!(out.contains("handed to the running agent"), "{out}");
+    broker.wait_for(15, "device.action", |l| {
+        !l.of_type("device.action").is_empty()
+    });
+    // Shutdown by command: the sensor completes it, then its agent stops by itself.
+    ok(agent(&m.1, &["command", "--target", &s.0, "shutdown"]));
+    let end = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = run_s.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < end,
+            "the sensor did not stop after `shutdown`"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    run_m.term();
+    let log = broker.log.lock().unwrap();
+    let types: Vec<&str> = log.events.iter().map(|e| e.event_type().as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "device.manufactured",
+            "device.activated",
+            "device.setup_completed",
+            "device.manufactured",
+            "device.activated",
+            "device.setup_completed",
+            "pairing.requested",
+            "pairing.offered",
+            "pairing.accepted",
+            "command.issued",
+            "command.completed",
+            "device.action",
+            "command.issued",
+            "command.completed",
+        ]
+    );
+    assert!(log.rejections.is_empty(), "{:?}", log.rejections);
+}

@@ -284,6 +284,46 @@ async fn pairing_command_and_refused_offer_over_mqtt() {
         );
         assert_eq!(d.src, s.kid());
     }
+    // A replayed offer (same nonce) and an expired one reach the sensor's cmd/ topic
+    // directly (rumqttd 0.20 cannot stop that): the sensor declines both.
+    let offer = {
+        let log = broker.log.lock().unwrap();
+        log.of_type("pairing.offered")[0].clone()
+    };
+    let cmd_s = pairbus_schemas::Topic::Cmd(s.clone()).to_string();
+    common::raw_publish(
+        broker.port,
+        &cmd_s,
+        pairbus_schemas::seal(&offer, &root().derive(&m.kid())),
+    )
+    .await;
+    let mut late = offer.clone();
+    late.id = pairbus_schemas::ids::EventId::new_v7(1, [3; 10]);
+    if let Body::PairingOffered(o) = &mut late.body {
+        o.nonce = [0x55; 16];
+        o.expires_at = pairbus_agent::sys::now_ms() - 1;
+    }
+    common::raw_publish(
+        broker.port,
+        &cmd_s,
+        pairbus_schemas::seal(&late, &root().derive(&m.kid())),
+    )
+    .await;
+    broker.wait_for(15, "two more declines", |l| {
+        l.of_type("pairing.declined").len() == 3
+    });
+    {
+        let log = broker.log.lock().unwrap();
+        let reasons: Vec<_> = log
+            .of_type("pairing.declined")
+            .iter()
+            .map(|e| match &e.body {
+                Body::PairingDeclined(d) => d.reason.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(reasons, ["has_manager", "nonce_reused", "expired"]);
+    }
     // The sensor unpairs; the manager forgets it.
     rs.local(LocalCommand::Unpair(m.clone())).await.unwrap();
     wait_until(15, "unpairing", || rm.state().sensors.is_empty()).await;

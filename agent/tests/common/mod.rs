@@ -335,3 +335,33 @@ fn ingest(
     }
     out
 }
+
+/// Publishes raw bytes on `topic` as an authenticated operator (rumqttd 0.20 has no topic
+/// ACLs: this is how a replayed or forged relay reaches a device's `cmd/` topic).
+pub async fn raw_publish(port: u16, topic: &str, payload: Vec<u8>) {
+    let kid = Kid::parse("operator:hostile").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut o = rumqttc::MqttOptions::new("operator-hostile", "127.0.0.1", port);
+    o.set_credentials(
+        kid.to_string(),
+        root().derive(&kid).mint_token(&kid, now + 60),
+    );
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 10);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(1), el.poll()).await
+        {
+            break;
+        }
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), el.poll()).await;
+}

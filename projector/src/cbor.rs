@@ -23,20 +23,24 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     pub(crate) fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
+    #[inline]
     fn byte(&mut self) -> Option<u8> {
         let b = *self.buf.get(self.pos)?;
         self.pos += 1;
         Some(b)
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let s = self.buf.get(self.pos..end)?;
@@ -45,6 +49,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next head: (major type, argument), shortest form only, definite lengths only.
+    #[inline]
     pub(crate) fn head(&mut self) -> Option<(u8, u64)> {
         let b = self.byte()?;
         let major = b >> 5;
@@ -78,10 +83,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Peeks at the next major type.
+    #[inline]
     pub(crate) fn peek_major(&self) -> Option<u8> {
         self.buf.get(self.pos).map(|b| b >> 5)
     }
 
+    #[inline]
     pub(crate) fn uint(&mut self) -> Option<u64> {
         match self.head()? {
             (UINT, v) => Some(v),
@@ -90,6 +97,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A signed integer in the i64 range.
+    #[inline]
     pub(crate) fn int(&mut self) -> Option<i64> {
         match self.head()? {
             (UINT, v) => i64::try_from(v).ok(),
@@ -98,6 +106,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn bytes(&mut self) -> Option<&'a [u8]> {
         match self.head()? {
             (BYTES, n) => self.take(usize::try_from(n).ok()?),
@@ -105,10 +114,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn bytes_n<const N: usize>(&mut self) -> Option<[u8; N]> {
         self.bytes()?.try_into().ok()
     }
 
+    #[inline]
     pub(crate) fn text(&mut self) -> Option<&'a str> {
         match self.head()? {
             (TEXT, n) => std::str::from_utf8(self.take(usize::try_from(n).ok()?)?).ok(),
@@ -116,6 +127,16 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A text string's bytes, without the UTF-8 check.
+    #[inline]
+    pub(crate) fn text_bytes(&mut self) -> Option<&'a [u8]> {
+        match self.head()? {
+            (TEXT, n) => self.take(usize::try_from(n).ok()?),
+            _ => None,
+        }
+    }
+
+    #[inline]
     pub(crate) fn map_len(&mut self) -> Option<u64> {
         match self.head()? {
             (MAP, n) => Some(n),
@@ -123,6 +144,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn array_len(&mut self) -> Option<u64> {
         match self.head()? {
             (ARRAY, n) => Some(n),
@@ -131,6 +153,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A boolean (simple values 20 and 21).
+    #[inline]
     pub(crate) fn boolean(&mut self) -> Option<bool> {
         match self.head()? {
             (SIMPLE, 20) => Some(false),
@@ -140,12 +163,14 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips one whole item (no floats or tags: pairbus never writes them), returning its bytes.
+    #[inline]
     pub(crate) fn skip(&mut self) -> Option<&'a [u8]> {
         let start = self.pos;
         self.skip_depth(0)?;
         Some(&self.buf[start..self.pos])
     }
 
+    #[inline]
     fn skip_depth(&mut self, depth: u32) -> Option<()> {
         if depth > 16 {
             return None;
@@ -178,6 +203,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[inline]
     fn refuses_non_shortest_heads_and_reads_shortest_ones() {
         assert_eq!(Reader::new(&[0x18, 0x01]).uint(), None);
         assert_eq!(Reader::new(&[0x18, 0x18]).uint(), Some(24));

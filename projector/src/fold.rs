@@ -6,7 +6,7 @@
 //! README ("Fold rules"); every refused event stays on the trail with its reason and raises an
 //! alert.
 
-use crate::decode::decode_event;
+use crate::decode::decode_event_lite;
 use crate::model::{
     ActivationView, Alert, Code, ComponentView, DeviceCard, Gap, Refusal, RevokedView, SetupView,
     Status, TrailEntry,
@@ -14,7 +14,9 @@ use crate::model::{
 use fxhash::{FxHashMap, FxHashSet};
 use pairbus_schemas::event::{Command, Outcome};
 use pairbus_schemas::qr::{verify_qr, QrError};
-use pairbus_schemas::{Body, DeviceId, Event, EventId, Key, Kid, Record, RootSecret, GENESIS};
+use pairbus_schemas::{
+    Body, DeviceId, Event, EventId, Key, Kid, PrincipalKind, Record, RootSecret, GENESIS,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Default claim window: 24 hours.
@@ -205,13 +207,14 @@ impl Projector {
         if rec.seq <= p.last_seq {
             return;
         }
+        let fx_start = fx.len();
         let mut step = Step {
             p,
             rec,
             cfg: &self.config,
             keys: self.keys.as_ref(),
             fx,
-            changed: Vec::new(),
+            fx_start,
             graph: false,
         };
         if rec.seq != step.p.last_seq + 1 || rec.prev != step.p.last_hash {
@@ -226,9 +229,9 @@ impl Projector {
         }
         step.p.last_seq = rec.seq;
         step.p.last_hash = rec.hash;
-        match decode_event(&rec.event) {
+        match decode_event_lite(&rec.event) {
             Err(e) => step.undecodable(e.to_string()),
-            Ok(ev) => step.event(&ev),
+            Ok(ev) => step.event(ev),
         }
         step.finish();
     }
@@ -252,8 +255,14 @@ struct Step<'a> {
     cfg: &'a Config,
     keys: &'a (dyn KeyResolver + Send + Sync),
     fx: &'a mut Vec<Effect>,
-    changed: Vec<DeviceId>,
+    /// Where this record's effects start in `fx`.
+    fx_start: usize,
     graph: bool,
+}
+
+/// True when the event is signed by the device it is about (no allocation).
+fn is_own(ev: &Event) -> bool {
+    ev.src.kind() == PrincipalKind::Device && ev.src.name() == ev.device.as_str()
 }
 
 fn refuse<T>(code: Code, detail: impl Into<String>) -> Result<T, Refusal> {
@@ -278,15 +287,15 @@ impl Step<'_> {
     }
 
     fn mark(&mut self, d: &DeviceId) {
-        if !self.changed.contains(d) {
-            self.changed.push(d.clone());
+        let known = self.fx[self.fx_start..]
+            .iter()
+            .any(|e| matches!(e, Effect::DeviceChanged(x) if x == d));
+        if !known {
+            self.fx.push(Effect::DeviceChanged(d.clone()));
         }
     }
 
     fn finish(self) {
-        for d in self.changed {
-            self.fx.push(Effect::DeviceChanged(d));
-        }
         if self.graph {
             self.fx.push(Effect::GraphChanged);
         }
@@ -343,7 +352,8 @@ impl Step<'_> {
         out
     }
 
-    fn event(&mut self, ev: &Event) {
+    fn event(&mut self, owned: Event) {
+        let ev = &owned;
         let gap = self.track_seq(ev);
         let peers = self.peers(ev);
         let now = self.rec.received_at;
@@ -359,15 +369,17 @@ impl Step<'_> {
                 (Status::Refused, Some(r))
             }
         };
+        let (ts, event_type, src_seq, id) = (ev.ts, ev.event_type(), ev.seq, ev.id);
+        let Event { src, device, .. } = owned;
         let entry = TrailEntry {
             seq: self.rec.seq,
             received_at: now,
-            ts: Some(ev.ts),
-            event_type: Some(ev.event_type()),
-            src: Some(ev.src.clone()),
-            src_seq: Some(ev.seq),
-            event_id: Some(ev.id.to_hex()),
-            device: Some(ev.device.clone()),
+            ts: Some(ts),
+            event_type: Some(event_type),
+            src: Some(src),
+            src_seq: Some(src_seq),
+            event_id: Some(id),
+            device: Some(device.clone()),
             status,
             refusal,
             gap,
@@ -375,7 +387,7 @@ impl Step<'_> {
         for d in peers.iter() {
             self.push_trail(d, entry.clone());
         }
-        self.push_trail(&ev.device, entry);
+        self.push_trail(&device, entry);
     }
 
     fn push_trail(&mut self, d: &DeviceId, entry: TrailEntry) {
@@ -452,7 +464,7 @@ impl Step<'_> {
     /// The device's own signed event: last seen, and proof of possession for a pending
     /// activation (even if the event itself is then refused: its MAC proves the key).
     fn seen(&mut self, ev: &Event) {
-        if ev.src.device_id().as_ref() != Some(&ev.device) {
+        if !is_own(ev) {
             return;
         }
         let now = self.rec.received_at;
@@ -610,16 +622,8 @@ impl Step<'_> {
                 ),
             );
         }
-        if let Some(signer) = ev.src.device_id() {
-            if self
-                .p
-                .devices
-                .get(&signer)
-                .is_some_and(|c| c.revoked.is_some())
-            {
-                return refuse(Code::Revoked, format!("signer {} is revoked", ev.src));
-            }
-        }
+        // A device only signs events about itself (checked at decoding), so a revoked device
+        // signer is caught by the check on `ev.device` above.
         match &ev.body {
             Body::Manufactured(_) => Ok(()),
             Body::Activated(a) => self.activate(ev, a),

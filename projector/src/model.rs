@@ -1,7 +1,7 @@
 //! The views the fold maintains, serializable to JSON. Their JSON shapes are a public contract
 //! (audit topics, HTTP API, `--json` output): see the crate README, section "JSON views".
 
-use pairbus_schemas::{DeviceId, EventType, Kid};
+use pairbus_schemas::{DeviceId, EventId, EventType, Kid};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -327,8 +327,9 @@ pub struct TrailEntry {
     pub src: Option<Kid>,
     /// The signer's per-principal seq.
     pub src_seq: Option<u64>,
-    /// The event id, hex.
-    pub event_id: Option<String>,
+    /// The event id, 32 hex digits.
+    #[serde(with = "crate::wire::opt")]
+    pub event_id: Option<EventId>,
     /// The device the event is about (the trail may belong to a peer it concerns).
     #[serde(with = "crate::wire::opt")]
     pub device: Option<DeviceId>,

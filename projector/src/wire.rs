@@ -1,6 +1,6 @@
 //! Serde helpers: pairbus ids and event types as their wire text in JSON.
 
-use pairbus_schemas::{DeviceId, EventType, Kid};
+use pairbus_schemas::{DeviceId, EventId, EventType, Kid};
 use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 use std::collections::BTreeSet;
 
@@ -36,6 +36,15 @@ impl WireText for EventType {
     }
     fn from_wire(s: &str) -> Option<Self> {
         EventType::parse(s)
+    }
+}
+
+impl WireText for EventId {
+    fn to_wire(&self) -> String {
+        self.to_hex()
+    }
+    fn from_wire(s: &str) -> Option<Self> {
+        EventId::parse(s)
     }
 }
 

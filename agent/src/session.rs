@@ -492,20 +492,7 @@ impl Session {
             MqttEvent::Incoming(Packet::SubAck(_)) => {
                 live.ready = true;
                 live.sent_at.clear();
-                if let (Some(d), false) = (self.device(), self.opts.until_empty) {
-                    let state = load_state(&self.outbox)?;
-                    let card =
-                        PresenceCard::online(&d, &state, live.since, self.outbox.pending_len());
-                    live.client
-                        .publish(
-                            Topic::Presence(d).to_string(),
-                            QoS::AtLeastOnce,
-                            true,
-                            card.to_json(),
-                        )
-                        .await
-                        .map_err(|e| AgentError::Mqtt(e.to_string()))?;
-                }
+                self.publish_presence(live).await?;
                 self.publish_due(live).await?;
             }
             MqttEvent::Incoming(Packet::Publish(p)) => {
@@ -618,7 +605,27 @@ impl Session {
         }
         drop(_g);
         if live.ready {
+            self.publish_presence(live).await?;
             self.publish_due(live).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the retained online card (a running device only), on connect and after
+    /// every relayed event, so that operators see pairings without scanning.
+    async fn publish_presence(&mut self, live: &mut Live) -> Result<(), AgentError> {
+        if let (Some(d), false) = (self.device(), self.opts.until_empty) {
+            let state = load_state(&self.outbox)?;
+            let card = PresenceCard::online(&d, &state, live.since, self.outbox.pending_len());
+            live.client
+                .publish(
+                    Topic::Presence(d).to_string(),
+                    QoS::AtLeastOnce,
+                    true,
+                    card.to_json(),
+                )
+                .await
+                .map_err(|e| AgentError::Mqtt(e.to_string()))?;
         }
         Ok(())
     }

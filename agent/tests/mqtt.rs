@@ -235,6 +235,14 @@ async fn pairing_command_and_refused_offer_over_mqtt() {
         rm.state().sensors.contains(s.as_str()) && rs.state().manager.as_deref() == Some(m.as_str())
     })
     .await;
+    // The manager's retained presence card follows its state.
+    let want = format!(r#""sensors":["{s}"]"#);
+    broker.wait_for(10, "the manager's card", |l| {
+        l.presence
+            .get(m.as_str())
+            .and_then(|c| c.last())
+            .is_some_and(|c| c.contains(&want))
+    });
     // A command from the manager runs on the sensor and completes.
     rm.local(LocalCommand::Command(draft::command_issued(
         m.clone(),

@@ -383,3 +383,108 @@ async fn refused_events_are_moved_aside() {
     assert_eq!(refused.len(), 1);
     assert_eq!((refused[0].seq, refused[0].reason.as_str()), (1, "revoked"));
 }
+
+/// A TCP proxy in front of the broker that can cut every connection and refuse new ones.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let t = tokio::spawn(async move {
+                    if let Ok(mut out) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                conns2.lock().unwrap().push(t.abort_handle());
+            }
+        });
+        Proxy { port, up, conns }
+    }
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A broker outage in the middle of a session: the agent reconnects with a fresh token,
+/// re-subscribes and re-sends; everything recorded before, during and after is committed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_mid_session_reconnects_and_resends() {
+    let broker = start_broker(free_port(), FakeOptions::default());
+    let proxy = Proxy::start(broker.port).await;
+    let dev = device(30);
+    let id = identity(dev.kid(), &format!("127.0.0.1:{}", proxy.port));
+    let dir = tempfile::tempdir().unwrap();
+    let run = start(id, dir.path(), fast());
+    let act = |i: usize| {
+        LocalCommand::Action(draft::action(
+            dev.clone(),
+            format!("a{i}"),
+            Metadata::new(),
+            None,
+            None,
+        ))
+    };
+    for i in 0..10 {
+        run.local(act(i)).await.unwrap();
+    }
+    broker.wait_for(15, "the first ten", |l| l.events.len() == 10);
+    let ob = run.outbox.clone();
+    wait_until(15, "the first ten confirmed", || ob.pending_len() == 0).await;
+    proxy.cut();
+    for i in 10..20 {
+        run.local(act(i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        run.outbox.pending_len(),
+        10,
+        "kept while the broker is unreachable"
+    );
+    proxy.restore();
+    wait_until(20, "the outbox to empty after the outage", || {
+        ob.pending_len() == 0
+    })
+    .await;
+    {
+        let log = broker.log.lock().unwrap();
+        assert_eq!(log.events.len(), 20);
+        let seqs: Vec<u64> = log.events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=20).collect::<Vec<_>>(),
+            "in seq order, once each"
+        );
+        let logins = log
+            .logins
+            .iter()
+            .filter(|(c, _, ok)| *ok && c == &dev.kid().to_string())
+            .count();
+        assert!(
+            logins >= 2,
+            "reconnected with a fresh token: {logins} logins"
+        );
+    }
+    run.stop().await;
+}

@@ -831,6 +831,12 @@ fn deliver(ctx: &Ctx, outbox: Outbox) -> Result<()> {
 
 fn run_device(ctx: &Ctx, resend_after: u64) -> Result<()> {
     let outbox = open_outbox(ctx)?;
+    if session::load_state(&outbox)?.revoked {
+        bail!(
+            "{} has been revoked: its events are refused; it will not run",
+            ctx.identity.kid
+        );
+    }
     let opts = SessionOptions {
         resend_after: Duration::from_secs(resend_after.max(1)),
         ..Default::default()

@@ -126,6 +126,24 @@ mod tests {
     }
 
     #[test]
+    fn a_scaled_lossy_jpeg_photo_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "PB1:6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3QWERTY1234";
+        let img = to_image(text).unwrap();
+        // A "photo": odd size, smoothed, on a grey background, JPEG quality 60.
+        let small = image::imageops::resize(&img, 411, 411, image::imageops::FilterType::Triangle);
+        let mut photo = GrayImage::from_pixel(640, 480, Luma([200]));
+        image::imageops::overlay(&mut photo, &small, 120, 30);
+        let p = dir.path().join("photo.jpg");
+        let mut f = std::fs::File::create(&p).unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut f, 60)
+            .encode_image(&photo)
+            .unwrap();
+        drop(f);
+        assert_eq!(read_image(&p).unwrap(), text);
+    }
+
+    #[test]
     fn unreadable_images_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("blank.png");

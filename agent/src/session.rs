@@ -255,6 +255,7 @@ struct Live {
     refused: usize,
     stopping: Option<String>,
     since: u64,
+    warned_down: bool,
 }
 
 impl Session {
@@ -366,6 +367,7 @@ impl Session {
             refused: 0,
             stopping: None,
             since: sys::now_ms(),
+            warned_down: false,
         };
         let deadline = self.opts.deadline.map(|d| tokio::time::Instant::now() + d);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -381,9 +383,12 @@ impl Session {
                     Some(Net::Down(e)) => {
                         if live.ready {
                             tracing::warn!(error = %e, "connection lost; reconnecting");
+                        } else if !live.warned_down {
+                            tracing::warn!(error = %e, "broker unreachable; retrying (events stay queued)");
                         } else {
                             tracing::debug!(error = %e, "cannot connect yet; retrying");
                         }
+                        live.warned_down = true;
                         live.ready = false;
                         live.sent_at.clear();
                     }
@@ -465,6 +470,7 @@ impl Session {
                     return Ok(None);
                 }
                 tracing::info!("connected");
+                live.warned_down = false;
                 let kid = &self.identity.kid;
                 let mut subs = vec![
                     rumqttc::SubscribeFilter::new(

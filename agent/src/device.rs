@@ -49,7 +49,8 @@ pub struct DeviceState {
     /// Nonces already used: received in an offer (as a sensor) or consumed by an acceptance
     /// (as a manager): nonce (hex) → expiry, Unix ms. Single use.
     pub used_nonces: BTreeMap<String, u64>,
-    /// Commands already handled: event id (hex) → expiry, Unix ms (relays may repeat).
+    /// Commands and pairing requests already handled: event id (hex) → expiry, Unix ms
+    /// (relays may repeat; each is answered once).
     pub handled_commands: BTreeMap<String, u64>,
     /// Revoked by an operator: the device stops.
     pub revoked: bool,
@@ -245,6 +246,13 @@ pub fn react(
             if &r.manager != me {
                 return Reaction::note(format!("pairing request for {} ignored", r.manager));
             }
+            let id_hex = ev.id.to_hex();
+            if state.handled_commands.contains_key(&id_hex) {
+                return Reaction::note(format!("pairing request {id_hex} already handled"));
+            }
+            state
+                .handled_commands
+                .insert(id_hex, now_ms.saturating_add(draft::PAIRING_OFFER_TTL_MS));
             if &r.sensor == me {
                 return Reaction::refuse(Refusal::SelfPairing);
             }
@@ -561,6 +569,8 @@ mod tests {
         assert_eq!(a.manager, m);
         assert_eq!(ss.manager.as_deref(), Some(m.as_str()));
         // The manager records the pairing.
+        // The same request relayed again makes no second offer.
+        assert!(run(&mut ms, &m, &req).publish.is_empty());
         let acc = from(r.publish[0].clone(), s.kid(), 3);
         let r = run(&mut ms, &m, &acc);
         assert!(r.publish.is_empty() && r.refused.is_none(), "{r:?}");

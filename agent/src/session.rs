@@ -1,6 +1,6 @@
 //! The MQTT session (rumqttc): the imperative shell around the outbox and the device logic.
 //!
-//! - connects with username = kid and a fresh [`Key::mint_token`] at every (re)connect, valid
+//! - connects with username = kid and a fresh [`pairbus_schemas::Key::mint_token`] at every (re)connect, valid
 //!   for [`SessionOptions::token_ttl_secs`]; a device's client id is its kid;
 //! - on every CONNACK subscribes to its `committed/` and `rejected/` topics (and a device to
 //!   its `cmd/` topic); on the SUBACK publishes its presence card (retained; the last will is

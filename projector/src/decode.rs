@@ -153,127 +153,95 @@ pub fn split_cose(cose: &[u8]) -> Option<(&str, &[u8])> {
     Some((kid, payload))
 }
 
-/// A closed map read in place: text keys in deterministic order, values as sub-readers.
-struct MapView<'a> {
-    keys: [&'a [u8]; 8],
-    values: [Reader<'a>; 8],
-    len: usize,
-    used: u8,
-    /// Materialize free-form maps and optional client details (else only validate them).
-    full: bool,
+/// A closed map read in one pass: its text keys must come in deterministic order (shorter
+/// first, then bytewise), which is the order the decoders below ask for them in; an unknown,
+/// missing, duplicate or misplaced key makes `key` fail (and the caller fall back).
+struct Obj<'r, 'a> {
+    r: &'r mut Reader<'a>,
+    left: u64,
 }
 
-impl<'a> MapView<'a> {
-    fn read(r: &mut Reader<'a>) -> Option<Self> {
-        let n = usize::try_from(r.map_len()?).ok()?;
-        if n > 8 {
+impl<'r, 'a> Obj<'r, 'a> {
+    #[inline]
+    fn open(r: &'r mut Reader<'a>) -> Option<Self> {
+        let left = r.map_len()?;
+        Some(Obj { r, left })
+    }
+
+    /// True (key consumed) when the next key is `name`.
+    #[inline]
+    fn opt(&mut self, name: &[u8]) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        let mut peek = *self.r;
+        match peek.text_bytes() {
+            Some(k) if k == name => {
+                *self.r = peek;
+                self.left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The reader positioned on the value of the required key `name`.
+    #[inline]
+    fn key(&mut self, name: &[u8]) -> Option<&mut Reader<'a>> {
+        self.opt(name).then_some(&mut *self.r)
+    }
+
+    fn text(&mut self, name: &[u8]) -> Option<String> {
+        self.key(name)?.text().map(str::to_owned)
+    }
+
+    fn device(&mut self, name: &[u8]) -> Option<DeviceId> {
+        DeviceId::parse(self.key(name)?.text()?).ok()
+    }
+
+    /// An optional text; kept only when `keep` (validated either way).
+    fn opt_text(&mut self, name: &[u8], keep: bool) -> Option<Option<String>> {
+        if !self.opt(name) {
+            return Some(None);
+        }
+        let t = self.r.text()?;
+        Some(keep.then(|| t.to_owned()))
+    }
+
+    #[inline]
+    fn end(self) -> Option<()> {
+        (self.left == 0).then_some(())
+    }
+}
+
+/// A metadata map (text keys in deterministic order; text, integer or boolean values); the
+/// entries are kept only when `keep`.
+fn metadata(r: &mut Reader<'_>, keep: bool) -> Option<Metadata> {
+    let n = r.map_len()?;
+    let mut out = Metadata::new();
+    let mut prev: Option<&[u8]> = None;
+    for _ in 0..n {
+        let mut k = *r;
+        let kbytes = r.skip()?;
+        if prev.is_some_and(|p| kbytes <= p) {
             return None;
         }
-        let empty = Reader::new(&[]);
-        let mut m = MapView {
-            keys: [b""; 8],
-            values: [empty; 8],
-            len: n,
-            used: 0,
-            full: true,
+        prev = Some(kbytes);
+        let key = k.text()?;
+        let v = match r.peek_major()? {
+            crate::cbor::UINT | crate::cbor::NINT => MetaValue::Int(r.int()?),
+            TEXT => {
+                let t = r.text()?;
+                MetaValue::Text(if keep { t.to_owned() } else { String::new() })
+            }
+            crate::cbor::SIMPLE => MetaValue::Bool(r.boolean()?),
+            _ => return None,
         };
-        let mut prev: &[u8] = b"";
-        for i in 0..n {
-            // Keys are compared as bytes with the catalogue's ASCII names: a key that is not
-            // valid UTF-8 matches none and fails `finish`, so no UTF-8 check is needed here.
-            let k = r.text_bytes()?;
-            // Deterministic order of short text keys: shorter first, then bytewise; strictly
-            // increasing also refuses duplicates.
-            if i > 0 && (k.len(), k) <= (prev.len(), prev) {
-                return None;
-            }
-            if k.len() >= 24 {
-                return None;
-            }
-            prev = k;
-            m.keys[i] = k;
-            let start = *r;
-            r.skip()?;
-            m.values[i] = start;
-        }
-        Some(m)
-    }
-
-    fn get(&mut self, name: &str) -> Option<Reader<'a>> {
-        let name = name.as_bytes();
-        // Length and first byte first: most candidates differ there, which saves a memcmp call.
-        let same = |k: &[u8]| k.len() == name.len() && k.first() == name.first() && k == name;
-        (0..self.len).find(|&i| same(self.keys[i])).map(|i| {
-            self.used |= 1 << i;
-            self.values[i]
-        })
-    }
-
-    fn finish(&self) -> Option<()> {
-        (u32::from(self.used).count_ones() as usize == self.len).then_some(())
-    }
-
-    fn text(&mut self, name: &str) -> Option<String> {
-        self.get(name)?.text().map(str::to_owned)
-    }
-
-    fn opt_text(&mut self, name: &str) -> Option<Option<String>> {
-        match self.get(name) {
-            None => Some(None),
-            Some(mut r) => r.text().map(|s| Some(s.to_owned())),
+        if keep {
+            out.insert(key.to_owned(), v);
         }
     }
-
-    fn uint(&mut self, name: &str) -> Option<u64> {
-        self.get(name)?.uint()
-    }
-
-    fn bytes_n<const N: usize>(&mut self, name: &str) -> Option<[u8; N]> {
-        self.get(name)?.bytes_n()
-    }
-
-    fn device(&mut self, name: &str) -> Option<DeviceId> {
-        DeviceId::parse(self.get(name)?.text()?).ok()
-    }
-
-    /// An optional text kept only in full mode (validated either way).
-    fn detail_text(&mut self, name: &str) -> Option<Option<String>> {
-        let full = self.full;
-        match self.get(name) {
-            None => Some(None),
-            Some(mut r) => r.text().map(|s| full.then(|| s.to_owned())),
-        }
-    }
-
-    fn metadata(&mut self, name: &str) -> Option<Metadata> {
-        let full = self.full;
-        let mut r = self.get(name)?;
-        let n = r.map_len()?;
-        let mut out = Metadata::new();
-        let mut prev: Option<&[u8]> = None;
-        for _ in 0..n {
-            let mut k = r;
-            let kbytes = r.skip()?;
-            if prev.is_some_and(|p| kbytes <= p) {
-                return None;
-            }
-            prev = Some(kbytes);
-            let key = k.text()?;
-            let v = match r.peek_major()? {
-                crate::cbor::UINT | crate::cbor::NINT => MetaValue::Int(r.int()?),
-                TEXT => {
-                    let t = r.text()?;
-                    MetaValue::Text(if full { t.to_owned() } else { String::new() })
-                }
-                crate::cbor::SIMPLE => MetaValue::Bool(r.boolean()?),
-                _ => return None,
-            };
-            if full {
-                out.insert(key.to_owned(), v);
-            }
-        }
-        Some(out)
-    }
+    Some(out)
 }
 
 /// Reads a deterministic v1 payload; `None` when it is not one (the caller then asks the strict
@@ -287,22 +255,30 @@ fn decode_payload_with(payload: &[u8], full: bool) -> Option<Event> {
         return None;
     }
     let mut r = Reader::new(payload);
-    let mut m = MapView::read(&mut r)?;
-    if !r.is_empty() || m.uint("v")? != SCHEMA_VERSION {
+    let mut o = Obj::open(&mut r)?;
+    if o.left != 8 || o.key(b"v")?.uint()? != SCHEMA_VERSION {
         return None;
     }
-    let t = EventType::parse(m.get("type")?.text()?)?;
-    let id = EventId(m.bytes_n("id")?);
-    let src = Kid::parse(m.get("src")?.text()?).ok()?;
-    let seq = m.uint("seq")?;
-    let ts = m.uint("ts")?;
-    let device = m.device("device")?;
-    let mut body_r = m.get("body")?;
-    m.finish()?;
-    if seq == 0 || body_r.peek_major()? != MAP {
+    let id = EventId(o.key(b"id")?.bytes_n()?);
+    let ts = o.key(b"ts")?.uint()?;
+    let seq = o.key(b"seq")?.uint()?;
+    let src_text = o.key(b"src")?.text()?;
+    let body_r = o.key(b"body")?;
+    let mut body_at = *body_r;
+    body_r.skip()?;
+    let t = EventType::parse(o.key(b"type")?.text()?)?;
+    let device_text = o.key(b"device")?.text()?;
+    o.end()?;
+    if !r.is_empty() || seq == 0 || body_at.peek_major()? != MAP {
         return None;
     }
-    let body = decode_body(t, &mut body_r, full)?;
+    let device = DeviceId::parse(device_text).ok()?;
+    // A device signing about itself (the common case): its kid is built from the device id.
+    let src = match src_text.strip_prefix("device:") {
+        Some(name) if name == device_text => device.kid(),
+        _ => Kid::parse(src_text).ok()?,
+    };
+    let body = decode_body(t, &mut body_at, full)?;
     Some(Event {
         id,
         src,
@@ -314,61 +290,82 @@ fn decode_payload_with(payload: &[u8], full: bool) -> Option<Event> {
 }
 
 fn decode_body(t: EventType, r: &mut Reader<'_>, full: bool) -> Option<Body> {
-    let mut f = MapView::read(r)?;
-    f.full = full;
+    let mut f = Obj::open(r)?;
     let body = match t {
         EventType::Manufactured => {
-            let mut comps = f.get("components")?;
+            let name = f.text(b"name")?;
+            let model = f.text(b"model")?;
+            let comps = f.key(b"components")?;
             let n = comps.array_len()?;
             let mut components = Vec::with_capacity(usize::try_from(n.min(64)).ok()?);
             for _ in 0..n {
-                let mut c = MapView::read(&mut comps)?;
+                let mut c = Obj::open(comps)?;
                 let comp = Component {
-                    kind: c.text("kind")?,
-                    spec: c.text("spec")?,
+                    kind: c.text(b"kind")?,
+                    spec: c.text(b"spec")?,
                 };
-                c.finish()?;
+                c.end()?;
                 components.push(comp);
             }
+            let device_type = f.text(b"device_type")?;
+            let serial_hash = f.key(b"serial_hash")?.bytes_n()?;
+            let manufacturer = f.text(b"manufacturer")?;
+            let qr_expires_at = f.key(b"qr_expires_at")?.uint()?;
             Body::Manufactured(Manufactured {
-                serial_hash: f.bytes_n("serial_hash")?,
-                device_type: f.text("device_type")?,
-                model: f.text("model")?,
-                manufacturer: f.text("manufacturer")?,
-                name: f.text("name")?,
+                serial_hash,
+                device_type,
+                model,
+                manufacturer,
+                name,
                 components,
-                qr_expires_at: f.uint("qr_expires_at")?,
+                qr_expires_at,
             })
         }
-        EventType::Activated => Body::Activated(Activated {
-            qr: f.text("qr")?,
-            owner: f.text("owner")?,
-            activation_token_hash: f.bytes_n("activation_token_hash")?,
-            ip: f.opt_text("ip")?,
-            user_agent: f.opt_text("user_agent")?,
-            fingerprint: f.opt_text("fingerprint")?,
-        }),
-        EventType::SetupCompleted => Body::SetupCompleted(SetupCompleted {
-            owner: f.text("owner")?,
-            role: Role::parse(f.get("role")?.text()?)?,
-        }),
-        EventType::PairingRequested => Body::PairingRequested(PairingRequested {
-            manager: f.device("manager")?,
-            sensor: f.device("sensor")?,
-        }),
-        EventType::PairingOffered => Body::PairingOffered(PairingOffered {
-            sensor: f.device("sensor")?,
-            nonce: f.bytes_n("nonce")?,
-            expires_at: f.uint("expires_at")?,
-        }),
-        EventType::PairingAccepted => Body::PairingAccepted(PairingAccepted {
-            manager: f.device("manager")?,
-            nonce: f.bytes_n("nonce")?,
-        }),
+        EventType::Activated => {
+            let ip = f.opt_text(b"ip", true)?;
+            let qr = f.text(b"qr")?;
+            let owner = f.text(b"owner")?;
+            let user_agent = f.opt_text(b"user_agent", true)?;
+            let fingerprint = f.opt_text(b"fingerprint", true)?;
+            let activation_token_hash = f.key(b"activation_token_hash")?.bytes_n()?;
+            Body::Activated(Activated {
+                qr,
+                owner,
+                activation_token_hash,
+                ip,
+                user_agent,
+                fingerprint,
+            })
+        }
+        EventType::SetupCompleted => {
+            let role = Role::parse(f.key(b"role")?.text()?)?;
+            let owner = f.text(b"owner")?;
+            Body::SetupCompleted(SetupCompleted { owner, role })
+        }
+        EventType::PairingRequested => {
+            let sensor = f.device(b"sensor")?;
+            let manager = f.device(b"manager")?;
+            Body::PairingRequested(PairingRequested { manager, sensor })
+        }
+        EventType::PairingOffered => {
+            let nonce = f.key(b"nonce")?.bytes_n()?;
+            let sensor = f.device(b"sensor")?;
+            let expires_at = f.key(b"expires_at")?.uint()?;
+            Body::PairingOffered(PairingOffered {
+                sensor,
+                nonce,
+                expires_at,
+            })
+        }
+        EventType::PairingAccepted => {
+            let nonce = f.key(b"nonce")?.bytes_n()?;
+            let manager = f.device(b"manager")?;
+            Body::PairingAccepted(PairingAccepted { manager, nonce })
+        }
         EventType::PairingDeclined | EventType::PairingCancelled => {
             let b = PairingEnded {
-                nonce: f.bytes_n("nonce")?,
-                reason: f.text("reason")?,
+                nonce: f.key(b"nonce")?.bytes_n()?,
+                reason: f.text(b"reason")?,
             };
             if t == EventType::PairingDeclined {
                 Body::PairingDeclined(b)
@@ -377,36 +374,53 @@ fn decode_body(t: EventType, r: &mut Reader<'_>, full: bool) -> Option<Body> {
             }
         }
         EventType::PairingUnpaired => Body::PairingUnpaired(Unpaired {
-            peer: f.device("peer")?,
+            peer: f.device(b"peer")?,
         }),
         EventType::ModeChanged => {
-            if f.get("mode")?.text()? != "standalone" {
+            if f.key(b"mode")?.text()? != "standalone" {
                 return None;
             }
             Body::ModeChanged(ModeChanged)
         }
-        EventType::Action => Body::Action(Action {
-            action: f.text("action")?,
-            metadata: f.metadata("metadata")?,
-            ip: f.detail_text("ip")?,
-            user_agent: f.detail_text("user_agent")?,
-        }),
-        EventType::CommandIssued => Body::CommandIssued(CommandIssued {
-            target: f.device("target")?,
-            command: Command::parse(f.get("command")?.text()?)?,
-            params: f.metadata("params")?,
-            expires_at: f.uint("expires_at")?,
-        }),
-        EventType::CommandCompleted => Body::CommandCompleted(CommandCompleted {
-            command_id: EventId(f.bytes_n("command_id")?),
-            outcome: Outcome::parse(f.get("outcome")?.text()?)?,
-            result: f.metadata("result")?,
-        }),
+        EventType::Action => {
+            let ip = f.opt_text(b"ip", full)?;
+            let action = f.text(b"action")?;
+            let metadata = metadata(f.key(b"metadata")?, full)?;
+            let user_agent = f.opt_text(b"user_agent", full)?;
+            Body::Action(Action {
+                action,
+                metadata,
+                ip,
+                user_agent,
+            })
+        }
+        EventType::CommandIssued => {
+            let params = metadata(f.key(b"params")?, full)?;
+            let target = f.device(b"target")?;
+            let command = Command::parse(f.key(b"command")?.text()?)?;
+            let expires_at = f.key(b"expires_at")?.uint()?;
+            Body::CommandIssued(CommandIssued {
+                target,
+                command,
+                params,
+                expires_at,
+            })
+        }
+        EventType::CommandCompleted => {
+            let result = metadata(f.key(b"result")?, full)?;
+            let outcome = Outcome::parse(f.key(b"outcome")?.text()?)?;
+            let command_id = EventId(f.key(b"command_id")?.bytes_n()?);
+            Body::CommandCompleted(CommandCompleted {
+                command_id,
+                outcome,
+                result,
+            })
+        }
         EventType::Revoked => Body::Revoked(Revoked {
-            reason: f.text("reason")?,
+            reason: f.text(b"reason")?,
         }),
     };
-    f.finish()?;
+    f.end()?;
     Some(body)
 }
 

@@ -371,7 +371,7 @@ impl Step<'_> {
         };
         let (ts, event_type, src_seq, id) = (ev.ts, ev.event_type(), ev.seq, ev.id);
         let Event { src, device, .. } = owned;
-        let entry = TrailEntry {
+        let mut entry = TrailEntry {
             seq: self.rec.seq,
             received_at: now,
             ts: Some(ts),
@@ -379,30 +379,32 @@ impl Step<'_> {
             src: Some(src),
             src_seq: Some(src_seq),
             event_id: Some(id),
-            device: Some(device.clone()),
+            device: None,
             status,
             refusal,
             gap,
         };
-        for d in peers.iter() {
+        let key = device.clone();
+        entry.device = Some(device);
+        for d in peers {
             self.push_trail(d, entry.clone());
         }
-        self.push_trail(&device, entry);
+        self.push_trail(key, entry);
     }
 
-    fn push_trail(&mut self, d: &DeviceId, entry: TrailEntry) {
-        let trail = match self.p.trails.get_mut(d) {
+    fn push_trail(&mut self, d: DeviceId, entry: TrailEntry) {
+        let trail = match self.p.trails.get_mut(&d) {
             Some(t) => t,
             None => self.p.trails.entry(d.clone()).or_default(),
         };
         trail.push(entry);
         let index = trail.len() - 1;
-        if let Some(card) = self.p.devices.get_mut(d) {
+        if let Some(card) = self.p.devices.get_mut(&d) {
             card.events += 1;
-            self.mark(d);
+            self.mark(&d);
         }
         self.fx.push(Effect::Trail {
-            device: Some(d.clone()),
+            device: Some(d),
             index,
         });
     }

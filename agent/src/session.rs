@@ -372,6 +372,7 @@ impl Session {
         let deadline = self.opts.deadline.map(|d| tokio::time::Instant::now() + d);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tokio::pin!(shutdown);
+        let mut control_open = true;
         let reason = loop {
             tokio::select! {
                 net = net_rx.recv() => match net {
@@ -394,14 +395,19 @@ impl Session {
                     }
                     Some(Net::Closed) | None => break StopReason::Shutdown,
                 },
-                req = control.recv(), if self.device().is_some() => {
-                    if let Some(req) = req {
-                        let res = enqueue_local(&self.outbox, &self.identity, req.cmd);
-                        let ok = res.is_ok();
-                        let _ = req.reply.send(res.map_err(|e| e.to_string()));
-                        if ok && live.ready {
-                            self.publish_due(&mut live).await?;
+                req = control.recv(), if control_open && self.device().is_some() => {
+                    match req {
+                        Some(req) => {
+                            let res = enqueue_local(&self.outbox, &self.identity, req.cmd);
+                            let ok = res.is_ok();
+                            let _ = req.reply.send(res.map_err(|e| e.to_string()));
+                            if ok && live.ready {
+                                self.publish_presence(&mut live).await?;
+                                self.publish_due(&mut live).await?;
+                            }
                         }
+                        // Every sender is gone (no control socket): stop polling the channel.
+                        None => control_open = false,
                     }
                 }
                 _ = tick.tick() => {

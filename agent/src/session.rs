@@ -35,6 +35,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// How long a stopping device (shutdown, revocation) waits for its last confirmations.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Largest MQTT packet sent or accepted (events are at most 64 KiB).
 pub const MAX_PACKET: usize = 256 * 1024;
 
@@ -253,7 +256,9 @@ struct Live {
     sent_at: HashMap<u64, Instant>,
     confirmed: usize,
     refused: usize,
-    stopping: Option<String>,
+    /// Why the device is stopping, and since when (it stops once its last events are
+    /// confirmed, or after [`STOP_GRACE`]).
+    stopping: Option<(String, Instant)>,
     since: u64,
     warned_down: bool,
 }
@@ -414,6 +419,12 @@ impl Session {
                     if live.ready {
                         self.publish_due(&mut live).await?;
                     }
+                    if let Some((why, since)) = &live.stopping {
+                        if since.elapsed() >= STOP_GRACE {
+                            tracing::warn!(pending = self.outbox.pending_len(), "stopping with events still queued");
+                            break StopReason::DeviceStop(why.clone());
+                        }
+                    }
                     if let Some(d) = deadline {
                         if tokio::time::Instant::now() >= d {
                             break StopReason::Deadline;
@@ -564,7 +575,7 @@ impl Session {
             }
             _ => tracing::debug!(topic, "message on an unexpected topic ignored"),
         }
-        if let Some(why) = &live.stopping {
+        if let Some((why, _)) = &live.stopping {
             if self.outbox.pending_len() == 0 {
                 return Ok(Some(StopReason::DeviceStop(why.clone())));
             }
@@ -613,7 +624,7 @@ impl Session {
             sys::random,
         )?;
         if r.stop {
-            live.stopping = Some(r.note.clone());
+            live.stopping = Some((r.note.clone(), Instant::now()));
         }
         drop(_g);
         if live.ready {

@@ -338,9 +338,15 @@ async fn pairing_command_and_refused_offer_over_mqtt() {
     // Revocation: the device stops once told, and its later events are refused.
     deliver(draft::revoked(x.clone(), "stolen".into())).await;
     wait_until(15, "revocation", || rx.state().revoked).await;
+    let mut reports = Vec::new();
     for r in running {
-        r.stop().await;
+        reports.push(r.stop().await.reason);
     }
+    assert!(
+        matches!(&reports[2], StopReason::DeviceStop(why) if why.contains("revoked")),
+        "{reports:?}"
+    );
+    assert_eq!(reports[0], StopReason::Shutdown);
 }
 
 /// An event the broker refuses is moved aside with the reason, not retried forever.

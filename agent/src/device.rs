@@ -748,4 +748,83 @@ mod tests {
         st.prune(NOW);
         assert!(st.used_nonces.contains_key("new") && !st.used_nonces.contains_key("old"));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// An offer from manager `m` with nonce `n`, expiring `dt` ms from now (may be past).
+            Offer { m: u8, n: u8, dt: i64 },
+            /// Manager `m` unpairs.
+            Unpair { m: u8 },
+            /// A command from `m` with id `id`.
+            Cmd { m: u8, id: u8 },
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                (1u8..5, 0u8..8, -5i64..5).prop_map(|(m, n, dt)| Step::Offer {
+                    m,
+                    n,
+                    dt: dt * 1000
+                }),
+                (1u8..5).prop_map(|m| Step::Unpair { m }),
+                (1u8..5, 0u8..6).prop_map(|(m, id)| Step::Cmd { m, id }),
+            ]
+        }
+
+        proptest! {
+            /// Whatever a sensor is sent: it accepts each nonce at most once, never an expired
+            /// offer, never while it has a manager; it runs each command at most once and only
+            /// for its manager of the moment.
+            #[test]
+            fn sensor_invariants(steps in proptest::collection::vec(step(), 1..40)) {
+                let me = d(9);
+                let mut st = configured();
+                let mut accepted = std::collections::HashSet::new();
+                let mut ran = std::collections::HashSet::new();
+                for (i, s) in steps.into_iter().enumerate() {
+                    let now = NOW + i as u64;
+                    match s {
+                        Step::Offer { m, n, dt } => {
+                            let had = st.manager.clone();
+                            let mut dr = draft::pairing_offered(d(m), me.clone(), [n; 16], 0);
+                            let exp = (now as i64 + dt) as u64;
+                            if let Body::PairingOffered(o) = &mut dr.body { o.expires_at = exp; }
+                            let ev = dr.into_event(d(m).kid(), EventId([i as u8; 16]), 1, now);
+                            let r = react(&mut st, &me, &ev, now, [0; 16], &mut SimulatedSensor::default());
+                            prop_assert_eq!(r.publish.len(), 1);
+                            if let Body::PairingAccepted(a) = &r.publish[0].body {
+                                prop_assert!(accepted.insert(a.nonce), "nonce accepted twice");
+                                prop_assert!(exp > now, "expired offer accepted");
+                                prop_assert!(had.is_none(), "accepted while managed");
+                                prop_assert_eq!(st.manager.clone(), Some(d(m).to_string()));
+                            } else {
+                                prop_assert_eq!(&st.manager, &had);
+                            }
+                        }
+                        Step::Unpair { m } => {
+                            let ev = draft::unpaired(d(m), me.clone()).into_event(d(m).kid(), EventId([i as u8; 16]), 1, now);
+                            react(&mut st, &me, &ev, now, [0; 16], &mut SimulatedSensor::default());
+                            prop_assert_ne!(st.manager.clone(), Some(d(m).to_string()));
+                        }
+                        Step::Cmd { m, id } => {
+                            let manager = st.manager.clone();
+                            let ev = draft::command_issued(d(m), me.clone(), Command::Status, Metadata::new(), now, 1000)
+                                .into_event(d(m).kid(), EventId([100 + id; 16]), 1, now);
+                            let r = react(&mut st, &me, &ev, now, [0; 16], &mut SimulatedSensor::default());
+                            if let Some(Body::CommandCompleted(c)) = r.publish.first().map(|p| &p.body) {
+                                if c.outcome == Outcome::Ok {
+                                    prop_assert_eq!(manager.clone(), Some(d(m).to_string()));
+                                    prop_assert!(ran.insert(id), "command ran twice");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

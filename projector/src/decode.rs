@@ -156,14 +156,14 @@ pub fn split_cose(cose: &[u8]) -> Option<(&str, &[u8])> {
 /// A closed map read in one pass: its text keys must come in deterministic order (shorter
 /// first, then bytewise), which is the order the decoders below ask for them in; an unknown,
 /// missing, duplicate or misplaced key makes `key` fail (and the caller fall back).
-struct Obj<'r, 'a> {
+pub(crate) struct Obj<'r, 'a> {
     r: &'r mut Reader<'a>,
     left: u64,
 }
 
 impl<'r, 'a> Obj<'r, 'a> {
     #[inline]
-    fn open(r: &'r mut Reader<'a>) -> Option<Self> {
+    pub(crate) fn open(r: &'r mut Reader<'a>) -> Option<Self> {
         let left = r.map_len()?;
         Some(Obj { r, left })
     }
@@ -187,7 +187,7 @@ impl<'r, 'a> Obj<'r, 'a> {
 
     /// The reader positioned on the value of the required key `name`.
     #[inline]
-    fn key(&mut self, name: &[u8]) -> Option<&mut Reader<'a>> {
+    pub(crate) fn key(&mut self, name: &[u8]) -> Option<&mut Reader<'a>> {
         self.opt(name).then_some(&mut *self.r)
     }
 
@@ -209,7 +209,7 @@ impl<'r, 'a> Obj<'r, 'a> {
     }
 
     #[inline]
-    fn end(self) -> Option<()> {
+    pub(crate) fn end(self) -> Option<()> {
         (self.left == 0).then_some(())
     }
 }

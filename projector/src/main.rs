@@ -42,6 +42,9 @@ struct Cli {
     /// Print JSON (the documented view shapes) instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Print the time spent reading/verifying and folding to stderr.
+    #[arg(long, global = true, hide = true)]
+    timings: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -246,7 +249,15 @@ fn run(cli: Cli) -> Result<(), Fail> {
         eprintln!("wrote {} records to {}", log.records.len(), out.display());
         return Ok(());
     }
+    let t = std::time::Instant::now();
     let records = load(&cli)?;
+    if cli.timings {
+        eprintln!(
+            "read and verified {} records in {:.3} s",
+            records.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let pr = projector(&cli)?;
     let q = match &cli.command {
         Cmd::Devices { state } => Query::Devices {
@@ -302,8 +313,17 @@ fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::GenExport { .. } => unreachable!("handled above"),
     };
+    let t = std::time::Instant::now();
     let p = fold(&pr, &records);
-    answer(&cli, &p, &records, &q)
+    if cli.timings {
+        eprintln!("folded in {:.3} s", t.elapsed().as_secs_f64());
+    }
+    let t = std::time::Instant::now();
+    let r = answer(&cli, &p, &records, &q);
+    if cli.timings {
+        eprintln!("answered in {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
+    }
+    r
 }
 
 fn answer(cli: &Cli, p: &Projections, records: &[Record], q: &Query) -> Result<(), Fail> {

@@ -455,6 +455,7 @@ impl Step<'_> {
         let deadline = card.activation.as_ref().map_or(0, |a| a.claim_deadline);
         card.activation = None;
         card.owner = None;
+        card.setup = None;
         card.state = card.derive_state();
         let detail = format!(
             "device {d} did not prove possession before {deadline}: activation lapsed, device back to unconfigured"

@@ -7,6 +7,7 @@ use crate::log::{LogConfig, LogError, SledLog};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::{authenticate, PlaneKind};
 use crate::mqtt::plane::{AuthFn, Plane, PlaneError, PlaneSettings};
+use crate::replay::Replay;
 use pairbus_schemas::RootSecret;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,7 @@ pub struct Bus {
     device: Plane,
     operator: Plane,
     ingest: Ingest,
+    replay: Replay,
     http: http::HttpServer,
     log: Arc<SledLog>,
     metrics: Arc<Metrics>,
@@ -137,6 +139,7 @@ impl Bus {
             settings.ingest.clone(),
             hook,
         )?;
+        let replay = Replay::start(&operator, log.clone(), root.clone(), metrics.clone())?;
         let http = http::HttpServer::start(settings.http_listen, log.clone(), metrics.clone())
             .map_err(|source| BusError::Http {
                 addr: settings.http_listen,
@@ -146,6 +149,7 @@ impl Bus {
             device,
             operator,
             ingest,
+            replay,
             http,
             log,
             metrics,
@@ -182,6 +186,7 @@ impl Bus {
         self.device.shutdown();
         self.operator.shutdown();
         self.ingest.stop();
+        self.replay.stop();
         self.http.shutdown();
         // Every acknowledged commit is already durable; dropping the log closes sled.
     }

@@ -14,3 +14,4 @@ pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod mqtt;
+pub mod replay;

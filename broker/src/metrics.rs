@@ -26,6 +26,10 @@ pub struct Metrics {
     auth_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// CONNECTs accepted.
     pub auth_accepted: AtomicU64,
+    /// Replay requests answered.
+    pub replays: AtomicU64,
+    /// Replay requests refused.
+    pub replays_refused: AtomicU64,
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
@@ -97,6 +101,16 @@ impl Metrics {
             "pairbus_connects_accepted_total",
             "Accepted MQTT CONNECTs.",
             self.auth_accepted.load(Ordering::Relaxed),
+        );
+        counter(
+            "pairbus_replays_total",
+            "Replay requests answered.",
+            self.replays.load(Ordering::Relaxed),
+        );
+        counter(
+            "pairbus_replays_refused_total",
+            "Replay requests refused.",
+            self.replays_refused.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP pairbus_events_rejected_total Refused events by reason.\n# TYPE pairbus_events_rejected_total counter");
         for (reason, n) in self.rejected() {

@@ -254,3 +254,151 @@ async fn connections_without_a_valid_token_are_refused() {
     );
     bus.shutdown();
 }
+
+async fn device_client(
+    bus: &Bus,
+    root: &RootSecret,
+    device: &DeviceId,
+) -> (AsyncClient, EventLoop) {
+    let kid = device.kid();
+    let token = root.derive(&kid).mint_token(&kid, now_secs() + 600);
+    connect(bus.device_addr(), &kid.to_string(), &kid, &token).await
+}
+
+async fn operator_client(
+    bus: &Bus,
+    root: &RootSecret,
+    client_id: &str,
+) -> (AsyncClient, EventLoop) {
+    let op = Kid::parse("operator:admin").unwrap();
+    let token = root.derive(&op).mint_token(&op, now_secs() + 600);
+    connect(bus.operator_addr(), client_id, &op, &token).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_streams_matching_records_then_the_end_marker_and_devices_never_see_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = RootSecret::from_bytes([44; 32]);
+    let bus = start(dir.path(), &root);
+    let a = DeviceId::parse("00000000000000aa").unwrap();
+    let b = DeviceId::parse("00000000000000bb").unwrap();
+    let (ca, mut ea) = device_client(&bus, &root, &a).await;
+    // Device a listens to everything it can on its plane.
+    subscribe(&ca, &mut ea, "pairbus/v1/#").await;
+    let (cb, mut eb) = device_client(&bus, &root, &b).await;
+    subscribe(&cb, &mut eb, &Topic::Committed(b.kid()).to_string()).await;
+    for seq in 1..=3 {
+        for (n, d, c, e) in [(0u8, &a, &ca, &mut ea), (100u8, &b, &cb, &mut eb)] {
+            let ev = action(d, seq, n + seq as u8);
+            c.publish(
+                Topic::In(d.kid()).to_string(),
+                QoS::AtLeastOnce,
+                false,
+                seal(&ev, &root.derive(&d.kid())),
+            )
+            .await
+            .unwrap();
+            // Wait for this device's confirmation.
+            loop {
+                let (t, _) = next_publish(e).await;
+                if t == Topic::Committed(d.kid()).to_string() {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(bus.log().head().seq, 6);
+
+    let (op, mut oe) = operator_client(&bus, &root, "investigator").await;
+    subscribe(&op, &mut oe, "pairbus/v1/replay/reply/q1").await;
+    let req = r#"{"request_id":"q1","from_seq":1,"device":"00000000000000bb"}"#;
+    op.publish("pairbus/v1/replay/request", QoS::AtLeastOnce, false, req)
+        .await
+        .unwrap();
+    let mut seqs = Vec::new();
+    loop {
+        let (t, p) = next_publish(&mut oe).await;
+        assert_eq!(t, "pairbus/v1/replay/reply/q1");
+        if let Ok(end) = pairbus_schemas::messages::ReplayEnd::decode(&p) {
+            assert_eq!(end.count, 3);
+            break;
+        }
+        let r = Record::decode(&p, 70_000).unwrap();
+        assert!(r.hash_is_valid());
+        seqs.push(r.seq);
+    }
+    assert_eq!(seqs, vec![2, 4, 6], "b's records, in order");
+
+    // Device a saw its confirmations and b's (the known limit of rumqttd 0.20: no read ACLs
+    // on the device plane), but never the log, audit or replay topics: they are not on its plane.
+    let mut seen = Vec::new();
+    while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(300), ea.poll()).await {
+        if let MqttEvent::Incoming(Packet::Publish(p)) = ev {
+            seen.push(p.topic);
+        }
+    }
+    assert!(
+        seen.iter()
+            .all(|t| !t.contains("/log") && !t.contains("/audit/") && !t.contains("/replay/")),
+        "{seen:?}"
+    );
+    bus.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_garbage_does_not_stop_others_from_committing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = RootSecret::from_bytes([45; 32]);
+    let bus = start(dir.path(), &root);
+    let attacker = DeviceId::parse("00000000000000ee").unwrap();
+    let honest = DeviceId::parse("0000000000000001").unwrap();
+    let (ca, mut ea) = device_client(&bus, &root, &attacker).await;
+    // Drive the attacker's connection concurrently, or its request queue fills and blocks.
+    let poller = tokio::spawn(async move { while ea.poll().await.is_ok() {} });
+    let flood = tokio::spawn(async move {
+        let topic = Topic::In(attacker.kid()).to_string();
+        for i in 0..3000u32 {
+            let mut junk = vec![0xd1u8; 200];
+            junk[1..5].copy_from_slice(&i.to_be_bytes());
+            if ca
+                .publish(&topic, QoS::AtMostOnce, false, junk)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let (ch, mut eh) = device_client(&bus, &root, &honest).await;
+    subscribe(&ch, &mut eh, &Topic::Committed(honest.kid()).to_string()).await;
+    let key = root.derive(&honest.kid());
+    for seq in 1..=50 {
+        let ev = action(&honest, seq, 1);
+        ch.publish(
+            Topic::In(honest.kid()).to_string(),
+            QoS::AtLeastOnce,
+            false,
+            seal(&ev, &key),
+        )
+        .await
+        .unwrap();
+    }
+    let mut confirmed = std::collections::HashSet::new();
+    while confirmed.len() < 50 {
+        let (_, p) = next_publish(&mut eh).await;
+        confirmed.insert(Committed::decode(&p).unwrap().id);
+    }
+    tokio::time::timeout(Duration::from_secs(30), flood)
+        .await
+        .unwrap()
+        .unwrap();
+    poller.abort();
+    let m = bus.metrics();
+    assert!(m.rejected().get("malformed").copied().unwrap_or(0) > 0);
+    assert_eq!(
+        bus.log().head().seq,
+        50,
+        "only the honest events are stored"
+    );
+    bus.shutdown();
+}

@@ -44,6 +44,10 @@ pub enum AuthError {
     /// The username is not a kid.
     #[error("username `{0}` is not a valid kid")]
     BadUsername(String),
+    /// The client id is empty, too long, or has characters outside `[A-Za-z0-9_.:-]`
+    /// (rumqttd 0.20 can panic on a client id it refuses later, so such ids never reach it).
+    #[error("client id `{0}` must be 1 to 128 characters from [A-Za-z0-9_.:-]")]
+    BadClientId(String),
     /// A principal of this kind does not connect to this plane.
     #[error("a {kind} may not connect to the {plane} plane")]
     WrongPlane {
@@ -73,6 +77,7 @@ impl AuthError {
     pub fn label(&self) -> &'static str {
         match self {
             AuthError::BadUsername(_) => "bad_username",
+            AuthError::BadClientId(_) => "bad_client_id",
             AuthError::WrongPlane { .. } => "wrong_plane",
             AuthError::ClientIdMismatch { .. } => "client_id_mismatch",
             AuthError::Token(KeyError::Expired { .. }) => "token_expired",
@@ -93,6 +98,16 @@ pub fn authenticate(
     root: &RootSecret,
     is_revoked: impl Fn(&Kid) -> bool,
 ) -> Result<Kid, AuthError> {
+    let client_ok = !client_id.is_empty()
+        && client_id.len() <= 128
+        && client_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if !client_ok {
+        return Err(AuthError::BadClientId(
+            client_id.chars().take(128).collect(),
+        ));
+    }
     let kid = Kid::parse(username).map_err(|_| AuthError::BadUsername(username.to_owned()))?;
     if PlaneKind::of(kid.kind()) != Some(plane) {
         return Err(AuthError::WrongPlane {

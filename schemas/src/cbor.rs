@@ -94,13 +94,72 @@ pub fn decode_strict(bytes: &[u8], limit: usize) -> Result<Value, CborError> {
         )));
     }
     reject_unsupported(&value)?;
-    let canonical = encode_value(&canonicalize(value.clone())?);
-    if canonical != bytes {
+    // Same outcome as comparing `encode_value(&canonicalize(value.clone())?)` with the input,
+    // without copying and rebuilding the tree: a duplicate key anywhere is refused first (as
+    // `canonicalize` does); otherwise the maps must already be in deterministic order (then
+    // `canonicalize` would change nothing) and the value must re-encode to the input.
+    let mut in_order = true;
+    check_keys(&value, &mut in_order)?;
+    if !in_order || encode_value(&value) != bytes {
         return Err(CborError::NonCanonical(
             "integers and lengths must use the shortest form, definite lengths, map keys sorted",
         ));
     }
     Ok(value)
+}
+
+/// Refuses duplicate map keys anywhere in `value` and clears `in_order` if some map's keys are
+/// not strictly increasing in the deterministic order (bytewise on their canonical encoding).
+fn check_keys(value: &Value, in_order: &mut bool) -> Result<(), CborError> {
+    match value {
+        Value::Map(entries) => {
+            for (k, v) in entries {
+                check_keys(k, in_order)?;
+                check_keys(v, in_order)?;
+            }
+            for w in entries.windows(2) {
+                if key_order(&w[0].0, &w[1].0)? != std::cmp::Ordering::Less {
+                    // Out of order, or a duplicate: tell them apart the slow way.
+                    let mut keys = entries
+                        .iter()
+                        .map(|(k, _)| canonical_key(k))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    keys.sort();
+                    if keys.windows(2).any(|w| w[0] == w[1]) {
+                        return Err(CborError::DuplicateKey);
+                    }
+                    *in_order = false;
+                    break;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter().try_for_each(|i| check_keys(i, in_order)),
+        Value::Tag(_, inner) => check_keys(inner, in_order),
+        _ => Ok(()),
+    }
+}
+
+/// The deterministic encoding of a map key, as [`canonicalize`] sorts by it.
+fn canonical_key(key: &Value) -> Result<Vec<u8>, CborError> {
+    match key {
+        Value::Map(_) | Value::Array(_) | Value::Tag(..) => {
+            Ok(encode_value(&canonicalize(key.clone())?))
+        }
+        scalar => Ok(encode_value(scalar)),
+    }
+}
+
+/// Compares two map keys in the deterministic order. Text keys (all pairbus keys) need no
+/// encoding: the shortest-form head grows with the length, so shorter sorts first, then bytewise.
+fn key_order(a: &Value, b: &Value) -> Result<std::cmp::Ordering, CborError> {
+    Ok(match (a, b) {
+        (Value::Text(a), Value::Text(b)) => a
+            .len()
+            .cmp(&b.len())
+            .then_with(|| a.as_bytes().cmp(b.as_bytes())),
+        _ => canonical_key(a)?.cmp(&canonical_key(b)?),
+    })
 }
 
 fn reject_unsupported(value: &Value) -> Result<(), CborError> {

@@ -131,8 +131,12 @@ impl Unverified {
         }
         // One encoding only: re-encoding must give the input back. This refuses
         // non-shortest lengths, indefinite lengths and the like around the MAC'd parts.
-        let again = mac0
-            .clone()
+        // coset would write the protected header back from the bytes it was read from
+        // (`original_data`); dropping them makes the comparison cover the header map too
+        // (key order, shortest integers). When the comparison passes, they are equal anyway.
+        let mut canonical = mac0.clone();
+        canonical.protected.original_data = None;
+        let again = canonical
             .to_tagged_vec()
             .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if again != bytes {
@@ -185,4 +189,52 @@ pub fn open_event(
     }
     event.check_signer()?;
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventType, MAX_EVENT_SIZE};
+    use crate::vectors::{root, sample_events};
+
+    /// A COSE_Mac0 around `payload` with the given protected header bytes, correctly MAC'd
+    /// (both shorter than 256 bytes).
+    fn mac0_with_protected(protected: &[u8], payload: &[u8], key: &Key) -> Vec<u8> {
+        let bstr = |b: &[u8]| [&[0x58, b.len() as u8][..], b].concat();
+        let (ph, pl) = (bstr(protected), bstr(payload));
+        let tag = key.mac(&[&[0x84, 0x64], b"MAC0", &ph, &[0x40], &pl]);
+        [&[0xd1, 0x84][..], &ph, &[0xa0], &pl, &[0x58, 0x20], &tag].concat()
+    }
+
+    /// Found by fuzzing: the protected header used to be compared as a decoded map only, so
+    /// another encoding of `{1: 5, 4: kid}`, correctly MAC'd, was accepted.
+    #[test]
+    fn protected_header_must_be_deterministically_encoded() {
+        let event = sample_events()
+            .into_iter()
+            .find(|e| e.event_type() == EventType::ModeChanged)
+            .expect("the samples hold a mode change");
+        let key = root().derive(&event.src);
+        let payload = event.encode();
+        let kid = event.src.to_string().into_bytes();
+        assert!(payload.len() < 256 && kid.len() < 24);
+        let kid_bstr = [&[0x40 + kid.len() as u8][..], &kid].concat();
+        let canonical = [&[0xa2, 0x01, 0x05, 0x04][..], &kid_bstr].concat();
+        assert_eq!(
+            mac0_with_protected(&canonical, &payload, &key),
+            seal(&event, &key)
+        );
+        for protected in [
+            // kid (4) before alg (1)
+            [&[0xa2, 0x04][..], &kid_bstr, &[0x01, 0x05]].concat(),
+            // label 1 as a two-byte integer
+            [&[0xa2, 0x18, 0x01, 0x05, 0x04][..], &kid_bstr].concat(),
+        ] {
+            let bytes = mac0_with_protected(&protected, &payload, &key);
+            assert_eq!(
+                open_event(&bytes, MAX_EVENT_SIZE, |_| Some(key.clone())),
+                Err(EnvelopeError::NonCanonical)
+            );
+        }
+    }
 }

@@ -59,6 +59,9 @@ impl Committed {
         let mut f = Fields::new(decode_strict(data, MAX_MESSAGE_SIZE)?, "")?;
         let id = EventId(f.bytes_n("id")?);
         let seq = f.uint("seq")?;
+        if seq == 0 {
+            return Err(DecodeError::invalid("seq", "log positions start at 1"));
+        }
         let status = match f.text("status")?.as_str() {
             "committed" => CommitStatus::Committed,
             "already_committed" => CommitStatus::AlreadyCommitted,
@@ -281,6 +284,8 @@ mod tests {
             status: CommitStatus::AlreadyCommitted,
         };
         assert_eq!(Committed::decode(&c.encode()).unwrap(), c);
+        let zero = Committed { seq: 0, ..c };
+        assert!(Committed::decode(&zero.encode()).is_err());
     }
 
     #[test]

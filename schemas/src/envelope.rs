@@ -206,8 +206,9 @@ mod tests {
         [&[0xd1, 0x84][..], &ph, &[0xa0], &pl, &[0x58, 0x20], &tag].concat()
     }
 
-    /// Found by fuzzing: the protected header used to be compared as a decoded map only, so
-    /// another encoding of `{1: 5, 4: kid}`, correctly MAC'd, was accepted.
+    /// Found with the fuzz target's round-trip check: the protected header used to be compared
+    /// as a decoded map only, so another encoding of `{1: 5, 4: kid}`, correctly MAC'd, was
+    /// accepted.
     #[test]
     fn protected_header_must_be_deterministically_encoded() {
         let event = sample_events()

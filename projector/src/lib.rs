@@ -5,6 +5,7 @@
 //! - [`decode`]: reading a record's event without re-verifying its MAC (the broker did);
 //! - [`model`]: the views (device card, trail entry, alert) and their JSON shapes;
 //! - [`graph`]: the pairing-graph view, its invariants and text/dot renderings;
+//! - [`publish`]: the audit-topic messages (topic, retain, JSON) for a batch of effects;
 //! - [`query`]: the read side shared by the CLI and (later) the HTTP API;
 //! - [`store`]: the shell that persists projections in sled with an atomic checkpoint;
 //! - [`export`]: reading log export files (`cbor-seq`, `jsonl`) with chain verification;
@@ -20,6 +21,7 @@ pub mod export;
 pub mod fold;
 pub mod graph;
 pub mod model;
+pub mod publish;
 pub mod query;
 pub mod store;
 pub mod testkit;

@@ -20,14 +20,17 @@ fn opening_where_nothing_can_be_created_is_an_error() {
     assert!(matches!(err, LogError::Io { .. }), "{err:?}");
     let file = tempfile::NamedTempFile::new().unwrap();
     let err = SledLog::open(LogConfig::new(file.path()), root()).unwrap_err();
-    assert!(matches!(err, LogError::Io { .. } | LogError::Sled(_)), "{err:?}");
+    assert!(
+        matches!(err, LogError::Io { .. } | LogError::Sled(_)),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn a_foreign_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = LogConfig::new(dir.path()).sled_config().open().unwrap();
+        let db = LogConfig::new(dir.path()).open_sled().unwrap();
         db.insert(b"x", b"y".to_vec()).unwrap();
         db.flush().unwrap();
     }
@@ -97,7 +100,9 @@ fn disk_full_is_an_error_and_poisons_appends() {
         "the child must not panic: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let err = stdout.lines().find_map(|l| l.split_once("ERR ").map(|x| x.1));
+    let err = stdout
+        .lines()
+        .find_map(|l| l.split_once("ERR ").map(|x| x.1));
     assert!(err.is_some(), "no error reported: {stdout}");
     assert!(stdout.contains("AFTER true"), "{stdout}");
     assert!(stdout.contains("READ true"), "{stdout}");
@@ -109,7 +114,11 @@ fn disk_full_is_an_error_and_poisons_appends() {
             }
         }
     }
-    eprintln!("error after {} acknowledged records: {}", acked.len(), err.unwrap_or(""));
+    eprintln!(
+        "error after {} acknowledged records: {}",
+        acked.len(),
+        err.unwrap_or("")
+    );
     assert!(!acked.is_empty());
     // Reopened without the limit: verifies, and everything acknowledged is there.
     let log = open(dir.path());

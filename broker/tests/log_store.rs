@@ -29,7 +29,9 @@ fn appends_chain_and_answer_each_event() {
     assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(recs[0].prev, GENESIS);
     assert_eq!(recs[1].prev, recs[0].hash);
-    assert!(recs.iter().all(|r| r.hash_is_valid() && r.received_at == 1000));
+    assert!(recs
+        .iter()
+        .all(|r| r.hash_is_valid() && r.received_at == 1000));
     assert_eq!(log.head().hash, recs[2].hash);
 
     // Replay, conflict, late lower seq, and revocation, each without failing the others.
@@ -57,7 +59,8 @@ fn appends_chain_and_answer_each_event() {
     assert_eq!(out[5], AppendOutcome::Revoked);
     // A batch with nothing to append writes nothing.
     assert_eq!(
-        log.append_batch(vec![verified(&action(2, 9, 8))], 3000).unwrap(),
+        log.append_batch(vec![verified(&action(2, 9, 8))], 3000)
+            .unwrap(),
         vec![AppendOutcome::Revoked]
     );
     assert_eq!(log.head().seq, 6);
@@ -180,7 +183,7 @@ fn verify_names_a_corrupted_record() {
         ("event byte", Problem::BadHash),
         ("hash byte", Problem::BadHash),
     ] {
-        let db = config.sled_config().open().unwrap();
+        let db = config.open_sled().unwrap();
         // Find the frame holding seq 123 and flip a byte of that record.
         let (k, v) = db
             .range(key(FRAME_PREFIX, 1)..=key(FRAME_PREFIX, 123))
@@ -192,7 +195,11 @@ fn verify_names_a_corrupted_record() {
             .windows(target.event.len())
             .position(|w| w == &target.event[..])
             .unwrap();
-        let at = if what == "event byte" { pos + 20 } else { pos - 4 - 32 + 5 };
+        let at = if what == "event byte" {
+            pos + 20
+        } else {
+            pos - 4 - 32 + 5
+        };
         v[at] ^= 0x01;
         db.insert(k.clone(), v.clone()).unwrap();
         db.flush().unwrap();
@@ -207,7 +214,7 @@ fn verify_names_a_corrupted_record() {
         drop(log);
 
         // Undo for the next round.
-        let db = config.sled_config().open().unwrap();
+        let db = config.open_sled().unwrap();
         v[at] ^= 0x01;
         db.insert(k, v).unwrap();
         db.flush().unwrap();
@@ -232,13 +239,17 @@ fn verify_checks_macs_and_checkpoints() {
     let report = log.verify().unwrap();
     let bad = report.first_bad.unwrap();
     assert_eq!(bad.seq, 21);
-    assert!(matches!(bad.problem, Problem::BadEvent(_)), "{:?}", bad.problem);
+    assert!(
+        matches!(bad.problem, Problem::BadEvent(_)),
+        "{:?}",
+        bad.problem
+    );
     assert_eq!(report.checkpoints, 1);
     let config = log.config().clone();
     drop(log);
 
     // A checkpoint whose MAC is wrong.
-    let db = config.sled_config().open().unwrap();
+    let db = config.open_sled().unwrap();
     let (k, v) = db
         .scan_prefix([pairbus_broker::log::CHECKPOINT_PREFIX])
         .next()

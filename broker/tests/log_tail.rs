@@ -51,7 +51,10 @@ async fn take(mut t: pairbus_broker::log::Tail<SledLog>, until: Arc<AtomicU64>) 
         if last >= until.load(Ordering::Acquire) {
             return out;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "tail stalled at {last}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tail stalled at {last}"
+        );
         if let Ok(r) = tokio::time::timeout(Duration::from_millis(50), t.next()).await {
             out.push(r.expect("store alive").expect("read ok"));
         }

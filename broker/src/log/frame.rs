@@ -211,6 +211,34 @@ pub struct IndexEntry {
     pub revokes: Option<DeviceId>,
 }
 
+impl IndexEntry {
+    /// A borrowed view.
+    pub fn as_ref(&self) -> IndexRef<'_> {
+        IndexRef {
+            id: self.id,
+            kid: &self.kid,
+            kid_seq: self.kid_seq,
+            device: &self.device,
+            revokes: self.revokes.as_ref(),
+        }
+    }
+}
+
+/// A borrowed [`IndexEntry`] (what the write path uses: no allocation per record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexRef<'a> {
+    /// The event id.
+    pub id: EventId,
+    /// The signing principal.
+    pub kid: &'a Kid,
+    /// The principal's own seq.
+    pub kid_seq: u64,
+    /// The device the event is about.
+    pub device: &'a DeviceId,
+    /// The revoked device, for a `device.revoked`.
+    pub revokes: Option<&'a DeviceId>,
+}
+
 fn device_bytes(d: &DeviceId) -> [u8; 8] {
     let mut out = [0u8; 8];
     // A DeviceId is always 16 lower-case hex digits; fall back to zeros defensively.
@@ -223,16 +251,22 @@ fn device_from_bytes(b: [u8; 8]) -> Result<DeviceId, FrameError> {
 }
 
 /// Encodes one index entry onto `out`.
-pub fn push_index_entry(out: &mut Vec<u8>, e: &IndexEntry) {
+pub fn push_index_entry(out: &mut Vec<u8>, e: IndexRef<'_>) {
     out.extend_from_slice(&e.id.0);
     out.extend_from_slice(&e.kid_seq.to_be_bytes());
-    out.extend_from_slice(&device_bytes(&e.device));
-    let kid = e.kid.to_string();
-    // Kids are at most "operator:" + 64 characters, well under 255.
-    let kid = &kid.as_bytes()[..kid.len().min(255)];
-    out.push(kid.len() as u8);
-    out.extend_from_slice(kid);
-    match &e.revokes {
+    out.extend_from_slice(&device_bytes(e.device));
+    // Kids are at most "operator:" + 64 characters, well under 255: written in place, then
+    // the length byte is patched (no temporary String per record).
+    let len_at = out.len();
+    out.push(0);
+    {
+        use std::io::Write;
+        let _ = write!(out, "{}", e.kid);
+    }
+    let kid_len = (out.len() - len_at - 1).min(255);
+    out.truncate(len_at + 1 + kid_len);
+    out[len_at] = kid_len as u8;
+    match e.revokes {
         Some(d) => {
             out.push(1);
             out.extend_from_slice(&device_bytes(d));
@@ -326,7 +360,7 @@ impl FrameBuilder {
     }
 
     /// Adds the next record (its seq is `first_seq + len()`).
-    pub fn push(&mut self, received_at: u64, hash: &[u8; 32], event: &[u8], ix: &IndexEntry) {
+    pub fn push(&mut self, received_at: u64, hash: &[u8; 32], event: &[u8], ix: IndexRef<'_>) {
         self.offsets.push(self.entries.len() as u32);
         self.entries.extend_from_slice(&received_at.to_be_bytes());
         self.entries.extend_from_slice(hash);
@@ -370,7 +404,7 @@ mod tests {
             kid: Kid::parse("device:00112233445566aa").unwrap(),
             kid_seq: u64::from(n) + 1,
             device: DeviceId::parse("00112233445566aa").unwrap(),
-            revokes: (n % 3 == 0).then(|| DeviceId::parse("ffeeddccbbaa0099").unwrap()),
+            revokes: ((n / 3) * 3 == n).then(|| DeviceId::parse("ffeeddccbbaa0099").unwrap()),
         }
     }
 
@@ -380,7 +414,7 @@ mod tests {
         let mut recs = Vec::new();
         for (i, e) in events.iter().enumerate() {
             let r = Record::chain(prev, first + i as u64, 1000 + i as u64, e.clone());
-            b.push(r.received_at, &r.hash, &r.event, &ix(i as u8));
+            b.push(r.received_at, &r.hash, &r.event, ix(i as u8).as_ref());
             prev = r.hash;
             recs.push(r);
         }
@@ -407,8 +441,11 @@ mod tests {
     #[test]
     fn fullness() {
         let mut b = FrameBuilder::new(1, GENESIS);
-        assert!(!b.is_full_for(1 << 20), "an empty frame always takes one event");
-        b.push(0, &[0; 32], &[0; 100], &ix(1));
+        assert!(
+            !b.is_full_for(1 << 20),
+            "an empty frame always takes one event"
+        );
+        b.push(0, &[0; 32], &[0; 100], ix(1).as_ref());
         assert!(!b.is_full_for(1000));
         assert!(b.is_full_for(FRAME_TARGET_BYTES));
     }

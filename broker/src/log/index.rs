@@ -5,7 +5,7 @@
 //! events, which are appended and which are refused, without touching the indexes; the store
 //! applies the plan with [`Indexes::apply`] once the commit has been synced.
 
-use super::frame::IndexEntry;
+use super::frame::IndexRef;
 use super::store::{AppendOutcome, VerifiedEvent};
 use pairbus_schemas::{DeviceId, EventId, Kid};
 use std::collections::{HashMap, HashSet};
@@ -69,13 +69,24 @@ impl Indexes {
     }
 
     /// Adds the committed record `seq` (seqs must be added in increasing order).
-    pub fn insert(&mut self, seq: u64, e: &IndexEntry) {
+    pub fn insert(&mut self, seq: u64, e: IndexRef<'_>) {
         self.ids.insert(e.id, seq);
-        let next = self.kids.len() as u32;
-        let k = *self.kids.entry(e.kid.clone()).or_insert(next);
+        let k = match self.kids.get(e.kid) {
+            Some(k) => *k,
+            None => {
+                let k = self.kids.len() as u32;
+                self.kids.insert(e.kid.clone(), k);
+                k
+            }
+        };
         self.principal.insert((k, e.kid_seq), e.id);
-        self.devices.entry(e.device.clone()).or_default().push(seq);
-        if let Some(d) = &e.revokes {
+        match self.devices.get_mut(e.device) {
+            Some(v) => v.push(seq),
+            None => {
+                self.devices.insert(e.device.clone(), vec![seq]);
+            }
+        }
+        if let Some(d) = e.revokes {
             self.revoked.insert(d.clone());
         }
         self.len += 1;
@@ -85,7 +96,7 @@ impl Indexes {
     pub fn apply(&mut self, events: &[VerifiedEvent], plan: &[Decision]) {
         for (e, d) in events.iter().zip(plan) {
             if let Decision::Append(seq) = d {
-                self.insert(*seq, &e.index_entry());
+                self.insert(*seq, e.index_ref());
             }
         }
     }

@@ -76,6 +76,24 @@ impl LogConfig {
             .cache_capacity(self.cache_capacity)
             .mode(sled::Mode::HighThroughput)
     }
+
+    /// Opens the sled database with [`LogConfig::sled_config`]. sled releases its file lock
+    /// only when its background threads have let go of a dropped handle, a moment after the
+    /// drop: a lock conflict is retried for up to 5 s before it is returned as an error.
+    pub fn open_sled(&self) -> Result<sled::Db, LogError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match self.sled_config().open() {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -132,7 +150,7 @@ impl SledLog {
     pub fn open(config: LogConfig, root: RootSecret) -> Result<Self, LogError> {
         let _span = tracing::info_span!("log.open", path = %config.path.display()).entered();
         std::fs::create_dir_all(&config.path).map_err(LogError::io("create log directory"))?;
-        let db = config.sled_config().open()?;
+        let db = config.open_sled()?;
         match db.get(META_KEY)? {
             Some(tag) if tag.as_ref() == LAYOUT_TAG => {}
             Some(tag) => {
@@ -166,7 +184,8 @@ impl SledLog {
         for item in db.scan_prefix([INDEX_PREFIX]) {
             let (k, v) = item?;
             let at = || format!("index frame {}", String::from_utf8_lossy(&k));
-            let (first, entries) = decode_index_frame(&v).map_err(|e| LogError::corrupt(at(), e))?;
+            let (first, entries) =
+                decode_index_frame(&v).map_err(|e| LogError::corrupt(at(), e))?;
             if first != next || seq_of_key(&k) != Some(first) {
                 return Err(LogError::Corrupt {
                     at: format!("index frame at seq {first}"),
@@ -174,7 +193,7 @@ impl SledLog {
                 });
             }
             for (i, e) in entries.iter().enumerate() {
-                shared.indexes.insert(first + i as u64, e);
+                shared.indexes.insert(first + i as u64, e.as_ref());
             }
             shared.frames.push(first);
             next = first + entries.len() as u64;
@@ -377,13 +396,15 @@ impl SledLog {
         Ok(())
     }
 
+    /// Writes one group commit: packs the appended events (their bytes are moved out of
+    /// `events`) into frames, adds a checkpoint if due, applies one `Batch`, flushes, syncs.
     fn commit(
         &self,
         w: &mut Writer,
-        events: &[VerifiedEvent],
+        events: &mut [VerifiedEvent],
         plan: &[Decision],
         received_at: u64,
-    ) -> Result<(Vec<Record>, Vec<u64>, Option<Checkpoint>), LogError> {
+    ) -> Result<Committed, LogError> {
         let appended = plan
             .iter()
             .filter(|d| matches!(d, Decision::Append(_)))
@@ -400,16 +421,16 @@ impl SledLog {
             batch.insert(&key(INDEX_PREFIX, first), ix);
             frames.push(first);
         };
-        for (e, d) in events.iter().zip(plan) {
+        for (e, d) in events.iter_mut().zip(plan) {
             let Decision::Append(seq) = *d else { continue };
-            let r = Record::chain(prev, seq, received_at, e.bytes.clone());
+            let r = Record::chain(prev, seq, received_at, std::mem::take(&mut e.bytes));
             if fb.as_ref().is_some_and(|b| b.is_full_for(r.event.len())) {
                 if let Some(b) = fb.take() {
                     flush_frame(b, &mut batch, &mut frames);
                 }
             }
             let b = fb.get_or_insert_with(|| FrameBuilder::new(seq, prev));
-            b.push(received_at, &r.hash, &r.event, &e.index_entry());
+            b.push(received_at, &r.hash, &r.event, e.index_ref());
             prev = r.hash;
             records.push(r);
         }
@@ -438,14 +459,25 @@ impl SledLog {
             w.last_checkpoint_seq = c.seq;
             w.last_checkpoint_at = c.at;
         }
-        Ok((records, frames, checkpoint))
+        Ok(Committed {
+            records,
+            frames,
+            checkpoint,
+        })
     }
+}
+
+/// What a durable commit produced, for the in-memory state and the caller.
+struct Committed {
+    records: Vec<Record>,
+    frames: Vec<u64>,
+    checkpoint: Option<Checkpoint>,
 }
 
 impl LogStore for SledLog {
     fn append_batch(
         &self,
-        events: Vec<VerifiedEvent>,
+        mut events: Vec<VerifiedEvent>,
         received_at: u64,
     ) -> Result<Vec<AppendOutcome>, LogError> {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -477,9 +509,13 @@ impl LogStore for SledLog {
         );
         let _enter = span.enter();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.commit(&mut w, &events, &plan, received_at)
+            self.commit(&mut w, &mut events, &plan, received_at)
         }));
-        let (records, frames, checkpoint) = match result {
+        let Committed {
+            records,
+            frames,
+            checkpoint,
+        } = match result {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "commit failed; log poisoned");

@@ -1,7 +1,7 @@
 //! The store's public types: the input of an append, its per-event outcomes, errors, and the
 //! [`LogStore`] trait that any log engine implements.
 
-use super::frame::{FrameError, IndexEntry};
+use super::frame::{FrameError, IndexEntry, IndexRef};
 use super::verify::VerifyReport;
 use pairbus_schemas::{
     open_event, Body, DeviceId, EnvelopeError, Event, EventId, Kid, Record, RootSecret,
@@ -66,6 +66,16 @@ impl VerifiedEvent {
             device,
             revokes,
             bytes,
+        }
+    }
+
+    pub(crate) fn index_ref(&self) -> IndexRef<'_> {
+        IndexRef {
+            id: self.id,
+            kid: &self.kid,
+            kid_seq: self.kid_seq,
+            device: &self.device,
+            revokes: self.revokes.as_ref(),
         }
     }
 

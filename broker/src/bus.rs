@@ -1,8 +1,9 @@
 //! The whole broker in one value: both MQTT planes, the log, the ingest pipeline and the
 //! HTTP API, started together and stopped together.
 
+use crate::embedded::Embedded;
 use crate::http;
-use crate::ingest::{CommitHook, Ingest, IngestSettings};
+use crate::ingest::{Ingest, IngestSettings};
 use crate::log::{LogConfig, LogError, SledLog};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::{authenticate, PlaneKind};
@@ -12,7 +13,7 @@ use pairbus_schemas::RootSecret;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -59,6 +60,7 @@ pub struct Bus {
     http: http::HttpServer,
     log: Arc<SledLog>,
     metrics: Arc<Metrics>,
+    projections: Arc<Mutex<Embedded>>,
 }
 
 fn now_secs() -> u64 {
@@ -101,17 +103,21 @@ fn auth_for(
 }
 
 impl Bus {
-    /// Opens the log in `<data_dir>/log` and starts everything.
-    pub fn start(
-        settings: BusSettings,
-        root: RootSecret,
-        hook: Option<CommitHook>,
-    ) -> Result<Self, BusError> {
+    /// Opens the log in `<data_dir>/log`, rebuilds the embedded projections from it, and
+    /// starts everything.
+    pub fn start(settings: BusSettings, root: RootSecret) -> Result<Self, BusError> {
         let log = Arc::new(SledLog::open(
             LogConfig::new(settings.data_dir.join("log")),
             root.clone(),
         )?);
         let metrics = Arc::new(Metrics::default());
+        let projections = Arc::new(Mutex::new(Embedded::rebuild(root.clone(), &*log)?));
+        let folder = projections.clone();
+        let hook: crate::ingest::CommitHook = Box::new(move |record, event, out| {
+            // A poisoned lock means a panic in the fold on another thread; keep folding.
+            let mut p = folder.lock().unwrap_or_else(|e| e.into_inner());
+            p.on_commit(record, event, out);
+        });
         let device = Plane::start(
             PlaneSettings::new("device", settings.device_listen),
             auth_for(
@@ -137,7 +143,7 @@ impl Bus {
             root.clone(),
             metrics.clone(),
             settings.ingest.clone(),
-            hook,
+            Some(hook),
         )?;
         let replay = Replay::start(&operator, log.clone(), root.clone(), metrics.clone())?;
         let http = http::HttpServer::start(settings.http_listen, log.clone(), metrics.clone())
@@ -153,7 +159,13 @@ impl Bus {
             http,
             log,
             metrics,
+            projections,
         })
+    }
+
+    /// The embedded projector's state (locked while the committer folds).
+    pub fn projections(&self) -> &Arc<Mutex<Embedded>> {
+        &self.projections
     }
 
     /// The device plane's address.

@@ -8,10 +8,12 @@
 pub mod bus;
 pub mod config;
 pub mod datadir;
+pub mod embedded;
 pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod mqtt;
+pub mod relay;
 pub mod replay;

@@ -30,7 +30,6 @@ fn start(dir: &std::path::Path, root: &RootSecret) -> Bus {
             ingest: IngestSettings::default(),
         },
         root.clone(),
-        None,
     )
     .unwrap()
 }
@@ -400,5 +399,123 @@ async fn a_client_flooding_garbage_does_not_stop_others_from_committing() {
         50,
         "only the honest events are stored"
     );
+    bus.shutdown();
+}
+
+/// Drives a client's event loop in the background and hands over what it receives.
+fn collect(mut ev: EventLoop) -> tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let MqttEvent::Incoming(Packet::Publish(p)) = e {
+                if tx.send((p.topic, p.payload.to_vec())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn recv(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) -> (String, Vec<u8>) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("timed out waiting for a message")
+        .expect("client gone")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_events_are_relayed_to_the_device_and_audit_views_are_published() {
+    use pairbus_schemas::event::{Manufactured, Revoked};
+    let dir = tempfile::tempdir().unwrap();
+    let root = RootSecret::from_bytes([46; 32]);
+    let bus = start(dir.path(), &root);
+    let serial_hash = root.serial_hash("SN-42");
+    let device = pairbus_schemas::keys::device_id_from_serial_hash(&serial_hash);
+    let factory = Kid::parse("factory:line-1").unwrap();
+    let operator = Kid::parse("operator:admin").unwrap();
+
+    let (dc, mut de) = device_client(&bus, &root, &device).await;
+    subscribe(&dc, &mut de, &Topic::Cmd(device.clone()).to_string()).await;
+    let mut device_rx = collect(de);
+    let (oc, mut oe) = operator_client(&bus, &root, "auditor").await;
+    subscribe(
+        &oc,
+        &mut oe,
+        &Topic::AuditDevice(device.clone()).to_string(),
+    )
+    .await;
+    let mut operator_rx = collect(oe);
+    let ftoken = root.derive(&factory).mint_token(&factory, now_secs() + 600);
+    let (fc, fe) = connect(bus.operator_addr(), "factory-1", &factory, &ftoken).await;
+    let _factory_rx = collect(fe);
+
+    let made = Event {
+        id: EventId::new_v7(1_767_225_600_000, [1; 10]),
+        src: factory.clone(),
+        seq: 1,
+        ts: 1_767_225_600_000,
+        device: device.clone(),
+        body: Body::Manufactured(Manufactured {
+            serial_hash,
+            device_type: "sensor".into(),
+            model: "S1".into(),
+            manufacturer: "Acme".into(),
+            name: "Sensor 42".into(),
+            components: vec![],
+            qr_expires_at: 1_767_225_600_000 + 1_000_000,
+        }),
+    };
+    fc.publish(
+        Topic::In(factory.clone()).to_string(),
+        QoS::AtLeastOnce,
+        false,
+        seal(&made, &root.derive(&factory)),
+    )
+    .await
+    .unwrap();
+    // The retained device card appears on the operator plane.
+    let (topic, card) = recv(&mut operator_rx).await;
+    assert_eq!(topic, Topic::AuditDevice(device.clone()).to_string());
+    let card: serde_json::Value = serde_json::from_slice(&card).unwrap();
+    assert_eq!(card["model"], "S1", "{card}");
+
+    let revoke = Event {
+        id: EventId::new_v7(1_767_225_600_001, [2; 10]),
+        src: operator.clone(),
+        seq: 1,
+        ts: 1_767_225_600_001,
+        device: device.clone(),
+        body: Body::Revoked(Revoked {
+            reason: "stolen".into(),
+        }),
+    };
+    let revoke_bytes = seal(&revoke, &root.derive(&operator));
+    oc.publish(
+        Topic::In(operator.clone()).to_string(),
+        QoS::AtLeastOnce,
+        false,
+        revoke_bytes.clone(),
+    )
+    .await
+    .unwrap();
+    // The device hears of its revocation on its cmd/ topic: the event exactly as signed.
+    let (topic, payload) = recv(&mut device_rx).await;
+    assert_eq!(topic, Topic::Cmd(device.clone()).to_string());
+    assert_eq!(payload, revoke_bytes);
+    // A late subscriber gets the retained card, now showing the revocation.
+    let (lc, mut le) = operator_client(&bus, &root, "late").await;
+    subscribe(
+        &lc,
+        &mut le,
+        &Topic::AuditDevice(device.clone()).to_string(),
+    )
+    .await;
+    let mut late_rx = collect(le);
+    let (_, card) = recv(&mut late_rx).await;
+    let card: serde_json::Value = serde_json::from_slice(&card).unwrap();
+    assert!(card.to_string().contains("stolen"), "{card}");
     bus.shutdown();
 }

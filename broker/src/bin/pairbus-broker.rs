@@ -218,7 +218,6 @@ fn serve(cfg: pairbus_broker::config::ServeConfig) -> Result<()> {
             ingest: IngestSettings::default(),
         },
         root,
-        None,
     )
     .context("starting the broker")?;
     println!(

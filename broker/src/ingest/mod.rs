@@ -21,6 +21,7 @@ use pairbus_schemas::messages::{CommitStatus, Committed, RejectReason, Rejection
 use pairbus_schemas::topics::{filters, Topic};
 use pairbus_schemas::{Event, Kid, Record, RootSecret, MAX_EVENT_SIZE};
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish as RouterPublish};
 use rumqttd::Notification;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -28,8 +29,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Called with every newly committed record (in log order) and its decoded event.
-pub type CommitHook = Box<dyn FnMut(&Record, &Event) + Send>;
+/// Called with every newly committed record (in log order), its decoded event, and a way to
+/// publish (the embedded projector and the relay use it).
+pub type CommitHook = Box<dyn FnMut(&Record, &Event, &mut dyn Publish) + Send>;
+
+/// Publishing from the broker's own links.
+pub trait Publish {
+    /// Publishes `payload` on `topic` of `plane` (QoS 0 inside the router), retained if asked.
+    fn publish(&mut self, plane: PlaneKind, topic: String, payload: Vec<u8>, retain: bool);
+}
 
 /// Settings of the ingest pipeline.
 #[derive(Debug, Clone)]
@@ -70,13 +78,25 @@ struct Outlets {
     operator: LinkTx,
 }
 
-impl Outlets {
-    fn publish(&mut self, plane: PlaneKind, topic: String, payload: Vec<u8>) {
+impl Publish for Outlets {
+    fn publish(&mut self, plane: PlaneKind, topic: String, payload: Vec<u8>, retain: bool) {
         let link = match plane {
             PlaneKind::Device => &mut self.device,
             PlaneKind::Operator => &mut self.operator,
         };
-        if let Err(e) = link.publish(topic.clone(), payload) {
+        let result = if retain {
+            let publish = RouterPublish::new(
+                bytes::Bytes::from(topic.clone()),
+                bytes::Bytes::from(payload),
+                true,
+            );
+            // `send` only queues for the router: the future is ready at once.
+            let packet = Packet::Publish(publish, None);
+            futures_executor::block_on(link.send(packet))
+        } else {
+            link.publish(topic.clone(), payload)
+        };
+        if let Err(e) = result {
             tracing::error!(%topic, error = %e, "local publish failed");
         }
     }
@@ -286,9 +306,10 @@ impl Committer {
                         PlaneKind::Operator,
                         Topic::Log.to_string(),
                         record.encode(),
+                        false,
                     );
                     if let Some(hook) = self.hook.as_mut() {
-                        hook(&record, event);
+                        hook(&record, event, &mut self.outlets);
                     }
                 }
                 AppendOutcome::AlreadyCommitted(seq) => {
@@ -333,6 +354,7 @@ impl Committer {
             plane,
             Topic::Committed(event.src.clone()).to_string(),
             msg.encode(),
+            false,
         );
     }
 
@@ -345,9 +367,10 @@ impl Committer {
             if plane == PlaneKind::Device {
                 // The device and the operators both hear about it.
                 self.outlets
-                    .publish(PlaneKind::Device, topic.clone(), json.clone());
+                    .publish(PlaneKind::Device, topic.clone(), json.clone(), false);
             }
         }
-        self.outlets.publish(PlaneKind::Operator, topic, json);
+        self.outlets
+            .publish(PlaneKind::Operator, topic, json, false);
     }
 }

@@ -208,9 +208,22 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in the folder `path`.
+    /// Opens (or creates) the store in the folder `path`. sled releases its file lock only
+    /// when its background threads have let go of a dropped handle, a moment after the drop, so
+    /// a lock conflict is retried for up to 5 s (as the broker's log does).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let db = sled::open(path)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(path.as_ref()) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other?,
+            }
+        };
         let tree = db.open_tree("projector")?;
         Ok(Store { db, tree })
     }

@@ -14,12 +14,14 @@ use pairbus_schemas::{Body, DeviceId, Record};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-/// Where the log records behind the projections can be read (by log position).
+/// Where the log records behind the projections can be read (by log position): an export
+/// file in memory (borrowed), or a store such as the broker's sled log (owned copies).
 pub trait RecordSource {
     /// The record at `seq`, if available.
-    fn record(&self, seq: u64) -> Option<&Record>;
+    fn record(&self, seq: u64) -> Option<Cow<'_, Record>>;
 }
 
 /// No records: `history` shows trail entries without event details.
@@ -27,17 +29,17 @@ pub trait RecordSource {
 pub struct NoRecords;
 
 impl RecordSource for NoRecords {
-    fn record(&self, _: u64) -> Option<&Record> {
+    fn record(&self, _: u64) -> Option<Cow<'_, Record>> {
         None
     }
 }
 
 /// A contiguous slice of the log (an export file read into memory).
 impl RecordSource for [Record] {
-    fn record(&self, seq: u64) -> Option<&Record> {
+    fn record(&self, seq: u64) -> Option<Cow<'_, Record>> {
         let first = self.first()?.seq;
         let i = usize::try_from(seq.checked_sub(first)?).ok()?;
-        self.get(i).filter(|r| r.seq == seq)
+        self.get(i).filter(|r| r.seq == seq).map(Cow::Borrowed)
     }
 }
 

@@ -3,7 +3,8 @@
 
 use crate::embedded::Embedded;
 use crate::http;
-use crate::ingest::{Ingest, IngestSettings};
+use crate::ingest::{Ingest, IngestParts, IngestSettings};
+use crate::journal::{self, Journal};
 use crate::log::{LogConfig, LogError, SledLog};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::{authenticate, PlaneKind};
@@ -90,6 +91,11 @@ fn auth_for(
         ) {
             Ok(_) => {
                 metrics.auth_accepted.fetch_add(1, Ordering::Relaxed);
+                match plane {
+                    PlaneKind::Device => &metrics.device_connects,
+                    PlaneKind::Operator => &metrics.operator_connects,
+                }
+                .fetch_add(1, Ordering::Relaxed);
                 tracing::info!("connection accepted");
                 true
             }
@@ -136,21 +142,39 @@ impl Bus {
                 metrics.clone(),
             ),
         )?;
+        let journal = Arc::new(
+            Journal::open(
+                &settings.data_dir.join("refusals"),
+                journal::DEFAULT_CAPACITY,
+            )
+            .map_err(|e| BusError::Log(LogError::Sled(e)))?,
+        );
         let ingest = Ingest::start(
             &device,
             &operator,
-            log.clone(),
-            root.clone(),
-            metrics.clone(),
+            IngestParts {
+                log: log.clone(),
+                root: root.clone(),
+                metrics: metrics.clone(),
+                journal: journal.clone(),
+            },
             settings.ingest.clone(),
             Some(hook),
         )?;
         let replay = Replay::start(&operator, log.clone(), root.clone(), metrics.clone())?;
-        let http = http::HttpServer::start(settings.http_listen, log.clone(), metrics.clone())
-            .map_err(|source| BusError::Http {
-                addr: settings.http_listen,
-                source,
-            })?;
+        let http = http::HttpServer::start(
+            settings.http_listen,
+            http::AppState {
+                log: log.clone(),
+                metrics: metrics.clone(),
+                journal,
+                root: root.clone(),
+            },
+        )
+        .map_err(|source| BusError::Http {
+            addr: settings.http_listen,
+            source,
+        })?;
         Ok(Bus {
             device,
             operator,

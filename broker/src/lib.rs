@@ -12,6 +12,7 @@ pub mod embedded;
 pub mod export;
 pub mod http;
 pub mod ingest;
+pub mod journal;
 pub mod log;
 pub mod metrics;
 pub mod mqtt;

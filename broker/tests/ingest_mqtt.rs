@@ -79,6 +79,28 @@ async fn next_publish(ev: &mut EventLoop) -> (String, Vec<u8>) {
     }
 }
 
+/// A minimal HTTP/1.1 GET over a plain socket: (status, body).
+fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 fn action(device: &DeviceId, seq: u64, n: u8) -> Event {
     Event {
         id: EventId::new_v7(1_767_225_600_000 + seq, [n; 10]),
@@ -178,6 +200,25 @@ async fn device_events_are_confirmed_only_after_commit_and_bad_ones_are_refused(
     assert_eq!(r.reason, RejectReason::Malformed);
 
     assert_eq!(bus.log().head().seq, 1);
+    // The refusals journal over HTTP, for operators only.
+    let (status, _) = http_get(bus.http_addr(), "/v1/refusals", None);
+    assert_eq!(status, 401);
+    let bearer = format!("{op}:{op_token}");
+    let (status, body) = http_get(bus.http_addr(), "/v1/refusals", Some(&bearer));
+    assert_eq!(status, 200, "{body}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let reasons: Vec<&str> = entries
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["bad_mac", "seq_conflict", "malformed"], "{body}");
+    assert_eq!(entries[0]["principal"], kid.to_string());
+    let (status, metrics) = http_get(bus.http_addr(), "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("pairbus_group_commit_seconds_count"),
+        "{metrics}"
+    );
     let rendered = bus.metrics().render();
     assert!(
         rendered.contains("pairbus_events_rejected_total{reason=\"bad_mac\"} 1"),

@@ -12,6 +12,7 @@
 
 pub mod check;
 
+use crate::journal::Journal;
 use crate::log::{AppendOutcome, LogStore};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::PlaneKind;
@@ -66,6 +67,18 @@ struct Inbound {
     payload: bytes::Bytes,
 }
 
+/// What the pipeline works with.
+pub struct IngestParts {
+    /// Where accepted events are appended.
+    pub log: Arc<dyn LogStore>,
+    /// To derive every principal's key.
+    pub root: RootSecret,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Where refusals are kept.
+    pub journal: Arc<Journal>,
+}
+
 /// The running pipeline.
 pub struct Ingest {
     stop: Arc<AtomicBool>,
@@ -114,9 +127,7 @@ impl Ingest {
     pub fn start(
         device: &Plane,
         operator: &Plane,
-        log: Arc<dyn LogStore>,
-        root: RootSecret,
-        metrics: Arc<Metrics>,
+        parts: IngestParts,
         settings: IngestSettings,
         hook: Option<CommitHook>,
     ) -> Result<Self, PlaneError> {
@@ -138,6 +149,12 @@ impl Ingest {
         subscribe(&mut op_tx, "pairbus/v1/in/factory/+")?;
         debug_assert_eq!(filters::ALL_IN, "pairbus/v1/in/+/+");
 
+        let IngestParts {
+            log,
+            root,
+            metrics,
+            journal,
+        } = parts;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(settings.queue);
         let mut threads = Vec::new();
@@ -162,6 +179,12 @@ impl Ingest {
                 .spawn(move || {
                     Committer {
                         rx,
+                        journal,
+                        limiter: LogLimiter {
+                            window: Instant::now(),
+                            logged: 0,
+                            suppressed: 0,
+                        },
                         outlets,
                         log,
                         root,
@@ -229,8 +252,43 @@ fn read_loop(plane: PlaneKind, mut link: LinkRx, tx: SyncSender<Inbound>, stop: 
     }
 }
 
+/// At most [`LOGGED_REFUSALS_PER_SEC`] refusals are logged per second; the rest are counted and
+/// summarised, so a flood cannot flood the logs (every refusal is still counted and journaled).
+const LOGGED_REFUSALS_PER_SEC: u32 = 20;
+
+struct LogLimiter {
+    window: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    suppressed = self.suppressed,
+                    "refusals not logged in the last second (rate limit)"
+                );
+            }
+            self.window = Instant::now();
+            self.logged = 0;
+            self.suppressed = 0;
+        }
+        if self.logged < LOGGED_REFUSALS_PER_SEC {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
 struct Committer {
     rx: Receiver<Inbound>,
+    journal: Arc<Journal>,
+    limiter: LogLimiter,
     outlets: Outlets,
     log: Arc<dyn LogStore>,
     root: RootSecret,
@@ -286,7 +344,14 @@ impl Committer {
         if accepted.is_empty() {
             return;
         }
-        let outcomes = match self.log.append_batch(accepted, now_ms()) {
+        let size = accepted.len();
+        let started = Instant::now();
+        let result = self.log.append_batch(accepted, now_ms());
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(size as f64);
+        let outcomes = match result {
             Ok(o) => o,
             Err(e) => {
                 // Nothing is acknowledged: the principals keep their events and re-send.
@@ -360,7 +425,12 @@ impl Committer {
 
     fn reject(&mut self, principal: &Kid, rejection: Rejection) {
         self.metrics.reject(rejection.reason);
-        tracing::warn!(%principal, reason = %rejection.reason, detail = %rejection.detail, "event refused");
+        if self.limiter.allow() {
+            tracing::warn!(%principal, reason = %rejection.reason, detail = %rejection.detail, "event refused");
+        }
+        if let Err(e) = self.journal.record(now_ms(), principal, &rejection) {
+            tracing::error!(error = %e, "refusals journal write failed");
+        }
         let topic = Topic::Rejected(principal.clone()).to_string();
         let json = rejection.to_json().into_bytes();
         if let Some(plane) = PlaneKind::of(principal.kind()) {

@@ -42,6 +42,11 @@ struct Cli {
     /// Print JSON (the documented view shapes) instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Also re-check every event's MAC (and the signer rules) with keys derived from
+    /// `--fleet-key`, as the broker did at ingest: proves the export was not rewritten by
+    /// someone without the fleet secret (the hash chain alone cannot).
+    #[arg(long, global = true)]
+    verify_macs: bool,
     /// Print the time spent reading/verifying and folding to stderr.
     #[arg(long, global = true, hide = true)]
     timings: bool,
@@ -210,6 +215,39 @@ fn load(cli: &Cli) -> Result<Vec<Record>, Fail> {
     Ok(records)
 }
 
+/// Opens every event as the broker's ingest does; the first failure stops with the record named.
+fn verify_macs(cli: &Cli, records: &[Record]) -> Result<(), Fail> {
+    let path = cli
+        .fleet_key
+        .as_ref()
+        .ok_or("--verify-macs needs --fleet-key (or PAIRBUS_FLEET_KEY)")?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let root = RootSecret::from_hex(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut keys: std::collections::HashMap<pairbus_schemas::Kid, pairbus_schemas::Key> =
+        std::collections::HashMap::new();
+    let t = std::time::Instant::now();
+    for r in records {
+        let unverified =
+            pairbus_schemas::Unverified::parse(&r.event, pairbus_schemas::MAX_EVENT_SIZE)
+                .map_err(|e| format!("record {}: {e}", r.seq))?;
+        let kid = unverified.kid().clone();
+        let key = keys
+            .entry(kid.clone())
+            .or_insert_with(|| root.derive(&kid))
+            .clone();
+        pairbus_schemas::open_event(&r.event, pairbus_schemas::MAX_EVENT_SIZE, |_| Some(key))
+            .map_err(|e| format!("record {}: {e}", r.seq))?;
+    }
+    if cli.timings || std::io::stderr().is_terminal() {
+        eprintln!(
+            "verified the MACs of {} records in {:.3} s",
+            records.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 fn fold(pr: &Projector, records: &[Record]) -> Projections {
     let tty = std::io::stderr().is_terminal() && records.len() > 200_000;
     let mut p = Projections::new();
@@ -257,6 +295,9 @@ fn run(cli: Cli) -> Result<(), Fail> {
             records.len(),
             t.elapsed().as_secs_f64()
         );
+    }
+    if cli.verify_macs {
+        verify_macs(&cli, &records)?;
     }
     let pr = projector(&cli)?;
     let q = match &cli.command {

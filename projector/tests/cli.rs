@@ -79,6 +79,30 @@ fn queries_over_both_export_formats() {
         let (ok, _, _) = cli(&["--export", p, "device", "0000000000000000"], &key);
         assert!(!ok, "unknown device is an error");
     }
+    // MACs re-checked offline: a consistent chain over a forged event is still caught.
+    let mut forged = log.records.clone();
+    forged[20].event[30] ^= 1;
+    let mut prev = forged[19].hash;
+    for r in forged.iter_mut().skip(20) {
+        *r = pairbus_schemas::Record::chain(prev, r.seq, r.received_at, r.event.clone());
+        prev = r.hash;
+    }
+    let path = dir.path().join("rechained.cbor");
+    let mut buf = Vec::new();
+    write_records(&mut buf, &forged, Format::CborSeq).unwrap();
+    std::fs::write(&path, buf).unwrap();
+    let p = path.to_str().unwrap();
+    let (ok, _, _) = cli(&["--export", p, "stats"], &key);
+    assert!(ok, "the chain alone cannot tell");
+    let (ok, _, err) = cli(&["--export", p, "--verify-macs", "stats"], &key);
+    assert!(!ok && err.contains("record 21"), "{err}");
+    let good = dir.path().join("log.cbor");
+    let (ok, _, err) = cli(
+        &["--export", good.to_str().unwrap(), "--verify-macs", "stats"],
+        &key,
+    );
+    assert!(ok, "{err}");
+
     // A tampered export is refused with the record named.
     let mut recs = log.records.clone();
     recs[10].event[20] ^= 1;

@@ -161,7 +161,7 @@ impl Projections {
 
     /// The log position the fold expects next.
     pub fn next_seq(&self) -> u64 {
-        self.last_seq + 1
+        self.last_seq.saturating_add(1)
     }
 }
 
@@ -217,10 +217,10 @@ impl Projector {
             fx_start,
             graph: false,
         };
-        if rec.seq != step.p.last_seq + 1 || rec.prev != step.p.last_hash {
+        if rec.seq != step.p.last_seq.saturating_add(1) || rec.prev != step.p.last_hash {
             let detail = format!(
                 "expected record {} after hash {}, got record {} with prev {}",
-                step.p.last_seq + 1,
+                step.p.last_seq.saturating_add(1),
                 hex::encode(step.p.last_hash),
                 rec.seq,
                 hex::encode(rec.prev)
@@ -417,9 +417,11 @@ impl Step<'_> {
         };
         let prev = *last;
         *last = prev.max(ev.seq);
-        if ev.seq > prev + 1 {
+        // Saturating: a hostile principal may sign any seq, up to u64::MAX.
+        let expected = prev.saturating_add(1);
+        if ev.seq > expected {
             let gap = Gap {
-                expected: prev + 1,
+                expected,
                 got: ev.seq,
             };
             let detail = format!(

@@ -88,7 +88,7 @@ impl LogBuilder {
     pub fn push_with(&mut self, src: &Kid, device: &DeviceId, body: Body, skip: u64) -> Event {
         let seq = {
             let s = self.seqs.entry(src.clone()).or_insert(0);
-            *s += 1 + skip;
+            *s = s.saturating_add(1).saturating_add(skip);
             *s
         };
         self.counter += 1;

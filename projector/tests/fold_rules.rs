@@ -418,3 +418,18 @@ fn the_schema_sample_events_fold_without_panics() {
     check_invariants(&p).unwrap();
     assert_eq!(p.last_seq, records.len() as u64);
 }
+
+#[test]
+fn extreme_seqs_do_not_overflow() {
+    let mut log = LogBuilder::new();
+    let d = log.configured(1, "a");
+    log.push_with(
+        &d.kid(),
+        &d,
+        pairbus_schemas::Body::ModeChanged(pairbus_schemas::event::ModeChanged),
+        u64::MAX,
+    );
+    log.action(&d, "login"); // the builder saturates: seq u64::MAX again
+    let p = fold(&log);
+    assert_eq!(alert_codes(&p), [Code::SeqGap, Code::SeqOutOfOrder]);
+}

@@ -224,6 +224,12 @@ impl Store {
                 other => break other?,
             }
         };
+        Store::in_db(db)
+    }
+
+    /// Uses the tree `projector` of an already open database (the broker's own, so that the
+    /// log and the projections live in one data folder and one sled instance).
+    pub fn in_db(db: sled::Db) -> Result<Self, StoreError> {
         let tree = db.open_tree("projector")?;
         Ok(Store { db, tree })
     }
@@ -383,7 +389,15 @@ impl Persistent {
         path: impl AsRef<Path>,
         batch: usize,
     ) -> Result<Self, StoreError> {
-        let store = Store::open(path)?;
+        Persistent::with_store(projector, Store::open(path)?, batch)
+    }
+
+    /// The fold over an opened store (see [`Store::in_db`]).
+    pub fn with_store(
+        projector: crate::Projector,
+        store: Store,
+        batch: usize,
+    ) -> Result<Self, StoreError> {
         let projections = store.load()?;
         Ok(Persistent {
             projector,

@@ -107,3 +107,25 @@ proptest! {
         run_with_restart(&log, batch, stop.index(log.records.len() + 1), crash);
     }
 }
+
+#[test]
+fn projections_can_live_in_the_brokers_database() {
+    let log = scenario();
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let other = db.open_tree("log").unwrap();
+    other.insert(b"x", b"y").unwrap();
+    let mut pf =
+        Persistent::with_store(projector(&log), Store::in_db(db.clone()).unwrap(), 3).unwrap();
+    for r in &log.records {
+        pf.apply(r).unwrap();
+    }
+    pf.commit().unwrap();
+    let full = projector(&log).rebuild(&log.records);
+    assert_eq!(Store::in_db(db.clone()).unwrap().load().unwrap(), full);
+    assert_eq!(
+        other.get(b"x").unwrap().as_deref(),
+        Some(&b"y"[..]),
+        "other trees untouched"
+    );
+}

@@ -202,6 +202,16 @@ enum Cmd {
     Send,
     /// (any) List the events waiting for confirmation and those the broker refused.
     Outbox,
+    /// (any) Print a fresh MQTT password for this identity (username = the kid), e.g. for
+    /// mosquitto_sub; with --bearer, the HTTP `Authorization` value instead.
+    Token {
+        /// Lifetime in seconds (the broker refuses more than 24 h).
+        #[arg(long, default_value_t = 600)]
+        ttl: u64,
+        /// Print `Bearer <kid>:<token>` for the HTTP API.
+        #[arg(long)]
+        bearer: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -231,6 +241,7 @@ impl Cmd {
             Cmd::Command { .. } => "command",
             Cmd::Send => "send",
             Cmd::Outbox => "outbox",
+            Cmd::Token { .. } => "token",
         }
     }
 
@@ -241,7 +252,7 @@ impl Cmd {
             Cmd::Activate { .. } | Cmd::Pair { .. } | Cmd::Revoke { .. } => &[Operator],
             Cmd::Setup { .. } | Cmd::Unpair { .. } | Cmd::Standalone { .. } => &[Operator, Device],
             Cmd::Run { .. } | Cmd::Action { .. } | Cmd::Command { .. } => &[Device],
-            Cmd::Send | Cmd::Outbox => &[Factory, Operator, Device],
+            Cmd::Send | Cmd::Outbox | Cmd::Token { .. } => &[Factory, Operator, Device],
         }
     }
 }
@@ -261,6 +272,7 @@ fn commands_for(kind: PrincipalKind) -> String {
         "command",
         "send",
         "outbox",
+        "token",
     ];
     let allowed = |c: &str| match c {
         "make" | "batch" => kind == PrincipalKind::Factory,
@@ -631,6 +643,20 @@ fn real_main(cli: Cli) -> Result<()> {
                 },
                 outbox,
             )
+        }
+        Cmd::Token { ttl, bearer } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("system clock before 1970")?
+                .as_secs();
+            let id = &ctx.identity;
+            let token = id.key.mint_token(&id.kid, now + ttl);
+            if bearer {
+                println!("Bearer {}:{token}", id.kid);
+            } else {
+                println!("{token}");
+            }
+            Ok(())
         }
         Cmd::Outbox => {
             let outbox = open_outbox(&ctx)?;

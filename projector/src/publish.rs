@@ -3,7 +3,7 @@
 //! | effect | topic | retained | payload (JSON) |
 //! |---|---|---|---|
 //! | `DeviceChanged(id)` | `pairbus/v1/audit/devices/<id>` | yes | the device card |
-//! | `Trail { device: Some(id), index }` | `pairbus/v1/audit/events/<id>` | no | the trail entry |
+//! | `Trail { device: Some(id), index }` | `pairbus/v1/audit/events/<id>` | no | the trail entry with the event's `details`, as in `history` |
 //! | `GraphChanged` | `pairbus/v1/audit/graph` | yes | the pairing graph |
 //! | `Alert(index)` | `pairbus/v1/audit/alerts` | no | the alert |
 //!
@@ -14,6 +14,7 @@
 
 use crate::fold::{Effect, Projections};
 use crate::graph::graph;
+use crate::query::{details, HistoryEntry, RecordSource};
 use pairbus_schemas::{DeviceId, Topic};
 use std::collections::BTreeSet;
 
@@ -34,8 +35,13 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 /// The messages for `effects` (all applied to `p`), in effect order, retained views last and
-/// coalesced.
-pub fn publications(p: &Projections, effects: &[Effect]) -> Vec<Publication> {
+/// coalesced. `log` gives the records the effects came from (for the events' details; the
+/// just-applied records, or [`crate::query::NoRecords`]).
+pub fn publications<S: RecordSource + ?Sized>(
+    p: &Projections,
+    effects: &[Effect],
+    log: &S,
+) -> Vec<Publication> {
     let mut out = Vec::new();
     let mut cards: BTreeSet<&DeviceId> = BTreeSet::new();
     let mut graph_changed = false;
@@ -46,10 +52,14 @@ pub fn publications(p: &Projections, effects: &[Effect]) -> Vec<Publication> {
                 index,
             } => {
                 if let Some(e) = p.trails.get(d).and_then(|t| t.get(*index)) {
+                    let entry = HistoryEntry {
+                        entry: e.clone(),
+                        details: details(log, e.seq),
+                    };
                     out.push(Publication {
                         topic: Topic::AuditEvents(d.clone()),
                         retain: false,
-                        payload: json(e),
+                        payload: json(&entry),
                     });
                 }
             }
@@ -108,7 +118,7 @@ mod tests {
         for r in &log.records[n - 2..] {
             pr.apply_into(&mut p, r, &mut fx);
         }
-        let pubs = publications(&p, &fx);
+        let pubs = publications(&p, &fx, log.records.as_slice());
         let topics: Vec<String> = pubs.iter().map(|x| x.topic.to_string()).collect();
         assert!(topics.contains(&format!("pairbus/v1/audit/events/{m}")));
         assert!(topics.contains(&"pairbus/v1/audit/alerts".to_string()));
@@ -124,6 +134,14 @@ mod tests {
         assert!(g.retain);
         let v: serde_json::Value = serde_json::from_slice(&g.payload).unwrap();
         assert_eq!(v["edges"][0]["sensor"], s.to_string());
+        let command = pubs
+            .iter()
+            .filter(|x| x.topic == Topic::AuditEvents(s.clone()))
+            .map(|x| serde_json::from_slice::<serde_json::Value>(&x.payload).unwrap())
+            .find(|v| v["type"] == "command.issued")
+            .unwrap();
+        assert_eq!(command["status"], "refused");
+        assert_eq!(command["details"]["target"], m.to_string(), "{command}");
         let alert = pubs.iter().find(|x| x.topic == Topic::AuditAlerts).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&alert.payload).unwrap();
         assert_eq!(v["code"], "not_manager");

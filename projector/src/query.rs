@@ -201,10 +201,7 @@ pub fn run<S: RecordSource + ?Sized>(
                 })
                 .map(|e| HistoryEntry {
                     entry: e.clone(),
-                    details: log
-                        .record(e.seq)
-                        .and_then(|r| decode_event(&r.event).ok())
-                        .map(|ev| body_json(&ev.body)),
+                    details: details(log, e.seq),
                 })
                 .collect();
             Response::History(History {
@@ -216,6 +213,13 @@ pub fn run<S: RecordSource + ?Sized>(
         Query::Alerts => Response::Alerts(p.alerts.clone()),
         Query::Stats => Response::Stats(stats(p)),
     })
+}
+
+/// The details (body JSON) of the event of record `seq`, if the record is at hand and decodes.
+pub fn details<S: RecordSource + ?Sized>(log: &S, seq: u64) -> Option<Value> {
+    log.record(seq)
+        .and_then(|r| decode_event(&r.event).ok())
+        .map(|ev| body_json(&ev.body))
 }
 
 /// The UTC day `YYYY-MM-DD` of a day number (Unix ms / [`DAY_MS`]).

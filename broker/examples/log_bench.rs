@@ -142,7 +142,7 @@ fn append_rate_impl(label: &str, batch: usize, budget: Duration, max_records: u6
 
     let dir = bench_dir();
     let log = SledLog::open(LogConfig::new(dir.path()), root()).expect("open");
-    let (mut n, start) = (0u64, Instant::now());
+    let (mut n, start, cpu0) = (0u64, Instant::now(), process_cpu());
     let mut commits = 0;
     for chunk in batches {
         let out = log.append_batch(chunk, now_ms()).expect("append");
@@ -157,9 +157,10 @@ fn append_rate_impl(label: &str, batch: usize, budget: Duration, max_records: u6
     }
     let el = start.elapsed().as_secs_f64();
     println!(
-        "{label:<8} frames  batch {batch:>5}: {:>9.0} durable appends/s ({n} records, {commits} commits, {:.2} ms/commit, event {avg:.0} B)",
+        "{label:<8} frames  batch {batch:>5}: {:>9.0} durable appends/s ({n} records, {commits} commits, {:.2} ms/commit, event {avg:.0} B{})",
         n as f64 / el,
-        el * 1000.0 / commits as f64
+        el * 1000.0 / commits as f64,
+        cpu_note(cpu0, n)
     );
     drop(log);
     if !naive {
@@ -168,7 +169,7 @@ fn append_rate_impl(label: &str, batch: usize, budget: Duration, max_records: u6
 
     let dir = bench_dir();
     let mut naive = Naive::open(dir.path());
-    let (mut n, start) = (0u64, Instant::now());
+    let (mut n, start, cpu0) = (0u64, Instant::now(), process_cpu());
     let mut commits = 0;
     for chunk in evs.chunks(batch) {
         n += naive.append_batch(chunk, now_ms()) as u64;
@@ -179,15 +180,65 @@ fn append_rate_impl(label: &str, batch: usize, budget: Duration, max_records: u6
     }
     let el = start.elapsed().as_secs_f64();
     println!(
-        "{label:<8} naive   batch {batch:>5}: {:>9.0} durable appends/s ({n} records, {commits} commits, {:.2} ms/commit)",
+        "{label:<8} naive   batch {batch:>5}: {:>9.0} durable appends/s ({n} records, {commits} commits, {:.2} ms/commit{})",
         n as f64 / el,
-        el * 1000.0 / commits as f64
+        el * 1000.0 / commits as f64,
+        cpu_note(cpu0, n)
     );
+}
+
+/// CPU time (user + system) of the whole process so far, from `/proc/self/stat` (clock ticks,
+/// assumed 100 Hz); `None` where unavailable. Immune to other processes on a shared machine.
+fn process_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn cpu_note(cpu0: Option<Duration>, n: u64) -> String {
+    match (cpu0, process_cpu()) {
+        (Some(a), Some(b)) if b > a => {
+            let cpu = (b - a).as_secs_f64();
+            format!(
+                ", CPU {:.2} us/record = {:.0} records per CPU-second",
+                cpu * 1e6 / n as f64,
+                n as f64 / cpu
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// `by_device` for 1,000 random devices of the 1,000 (about 1,000 records each).
+fn by_device_latency(log: &SledLog, label: &str) {
+    const DEVICES: u64 = 1000;
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut lat = Vec::new();
+    let mut total = 0;
+    for _ in 0..1000 {
+        let d = device(rng.u64(..DEVICES));
+        let t = Instant::now();
+        let recs = log.by_device(&d, 0..u64::MAX).expect("by_device");
+        lat.push(t.elapsed());
+        total += recs.len();
+    }
+    lat.sort();
+    println!(
+        "by_device, {label} (avg {} records of one device among {}): min {:?}, p50 {:?}, p99 {:?}, max {:?}",
+        total / lat.len(),
+        log.head().seq,
+        lat[0],
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat[lat.len() - 1]
+    );
 }
 
 fn million() {
@@ -200,20 +251,32 @@ fn million() {
         t.elapsed().as_secs_f64()
     );
     let dir = bench_dir();
-    let log = SledLog::open(LogConfig::new(dir.path()), root()).expect("open");
-    let t = Instant::now();
+    let config = LogConfig::new(dir.path());
+    let log = SledLog::open(config.clone(), root()).expect("open");
+    let (t, cpu0) = (Instant::now(), process_cpu());
     let mut it = evs.into_iter();
+    let (mut done, mut lap, mut laps) = (0u64, Instant::now(), Vec::new());
     loop {
         let chunk: Vec<_> = it.by_ref().take(1024).collect();
         if chunk.is_empty() {
             break;
         }
+        done += chunk.len() as u64;
         log.append_batch(chunk, now_ms()).expect("append");
+        if done % (100 * 1024) == 0 {
+            laps.push(format!(
+                "{:.0}k",
+                100.0 * 1.024 / lap.elapsed().as_secs_f64()
+            ));
+            lap = Instant::now();
+        }
     }
     let el = t.elapsed().as_secs_f64();
     println!(
-        "appended {N} records at batch 1024 in {el:.1} s: {:.0} durable appends/s",
-        N as f64 / el
+        "appended {N} records at batch 1024 in {el:.1} s: {:.0} durable appends/s (per 102,400: {}){}",
+        N as f64 / el,
+        laps.join(" "),
+        cpu_note(cpu0, N)
     );
     let head = log.head().seq;
     assert_eq!(head, N);
@@ -261,34 +324,17 @@ fn million() {
     let el = t.elapsed().as_secs_f64();
     println!("catch-up tail (async):      {:.0} records/s", n as f64 / el);
 
-    // by_device: one device's ~1,000 records among 1 M.
-    let mut rng = fastrand::Rng::with_seed(3);
-    let mut lat = Vec::new();
-    let mut total = 0;
-    for _ in 0..500 {
-        let d = device(rng.u64(..DEVICES));
-        let t = Instant::now();
-        let recs = log.by_device(&d, 0..u64::MAX).expect("by_device");
-        lat.push(t.elapsed());
-        total += recs.len();
-    }
-    lat.sort();
-    println!(
-        "by_device (avg {} records of one device among {N}): p50 {:?}, p99 {:?}, max {:?}",
-        total / 500,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat[lat.len() - 1]
-    );
-    let path = dir.path().to_path_buf();
+    by_device_latency(&log, "in the writing process");
     drop(log);
     let t = Instant::now();
-    let log = SledLog::open(LogConfig::new(&path), root()).expect("reopen");
+    let log = SledLog::open(config, root()).expect("reopen");
     println!(
         "reopen with {} records (index rebuild): {:.2} s",
         log.head().seq,
         t.elapsed().as_secs_f64()
     );
+    by_device_latency(&log, "after reopen, from sled, 1st pass");
+    by_device_latency(&log, "after reopen, from sled, 2nd pass");
     let t = Instant::now();
     let report = log.verify().expect("verify");
     println!(

@@ -76,7 +76,7 @@ impl Embedded {
                 );
             }
         }
-        for p in publications(&self.state, &self.fx) {
+        for p in publications(&self.state, &self.fx, std::slice::from_ref(record)) {
             out.publish(
                 PlaneKind::Operator,
                 p.topic.to_string(),

@@ -4,6 +4,7 @@
 //! cargo run --release -p pairbus-broker --example log_bench -- append     # appends/s, frames vs naive
 //! cargo run --release -p pairbus-broker --example log_bench -- million    # 1 M records: reads, by_device
 //! cargo run --release -p pairbus-broker --example log_bench -- sync-probe 100   # for strace
+//! cargo run --release -p pairbus-broker --example log_bench -- bydevice   # by_device in a loop, for perf
 //! ```
 //!
 //! Data goes under `$BENCH_DIR` (default: the system temp dir).
@@ -218,12 +219,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// `by_device` for 1,000 random devices of the 1,000 (about 1,000 records each).
 fn by_device_latency(log: &SledLog, label: &str) {
-    const DEVICES: u64 = 1000;
+    by_device_latency_n(log, label, 1000, 1000)
+}
+
+fn by_device_latency_n(log: &SledLog, label: &str, devices: u64, calls: usize) {
     let mut rng = fastrand::Rng::with_seed(3);
     let mut lat = Vec::new();
     let mut total = 0;
-    for _ in 0..1000 {
-        let d = device(rng.u64(..DEVICES));
+    for _ in 0..calls {
+        let d = device(rng.u64(..devices));
         let t = Instant::now();
         let recs = log.by_device(&d, 0..u64::MAX).expect("by_device");
         lat.push(t.elapsed());
@@ -367,6 +371,20 @@ fn main() {
             append_rate("append", 1024, budget, 600_000);
         }
         Some("million") => million(),
+        Some("bydevice") => {
+            // For profiling: 200,000 records, then by_device in a loop.
+            let evs = events(200_000, 200, 0, 5);
+            let dir = bench_dir();
+            let log = SledLog::open(LogConfig::new(dir.path()), root()).expect("open");
+            for chunk in evs.chunks(1024) {
+                log.append_batch(chunk.to_vec(), now_ms()).expect("append");
+            }
+            eprintln!("--- built ---");
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(15) {
+                by_device_latency_n(&log, "loop", 200, 200);
+            }
+        }
         Some("frames") => {
             let batch = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1024);
             append_rate_impl("frames", batch, Duration::from_secs(5), 600_000, false);

@@ -113,6 +113,8 @@ struct Shared {
     frames: Vec<u64>,
     /// The last signed checkpoint.
     checkpoint: Option<Checkpoint>,
+    /// The durable head (read without waiting for a commit in progress).
+    head: Head,
 }
 
 /// The event log over sled: one tree, key prefixes, one `Batch` + one flush + one real sync
@@ -241,6 +243,10 @@ impl SledLog {
             shared.checkpoint = Some(c);
         }
         let head = next - 1;
+        shared.head = Head {
+            seq: head,
+            hash: head_hash,
+        };
         tracing::info!(head, frames = shared.frames.len(), "log opened");
         let (head_tx, _) = watch::channel(head);
         Ok(SledLog {
@@ -544,6 +550,10 @@ impl LogStore for SledLog {
             if checkpoint.is_some() {
                 s.checkpoint = checkpoint;
             }
+            s.head = Head {
+                seq: head,
+                hash: w.head_hash,
+            };
         }
         self.durable.store(head, Ordering::Release);
         self.head_tx.send_replace(head);
@@ -564,11 +574,7 @@ impl LogStore for SledLog {
     }
 
     fn head(&self) -> Head {
-        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        Head {
-            seq: w.next_seq - 1,
-            hash: w.head_hash,
-        }
+        self.read_shared().head
     }
 
     fn get(&self, seq: u64) -> Result<Option<Record>, LogError> {

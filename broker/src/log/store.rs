@@ -118,7 +118,7 @@ impl AppendOutcome {
 }
 
 /// The head of the chain: the last durable record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Head {
     /// Its seq (0 for an empty log).
     pub seq: u64,

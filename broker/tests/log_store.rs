@@ -279,3 +279,30 @@ fn ids_are_kept_forever() {
     );
     assert_eq!(log.seq_of(&EventId([0; 16])), None);
 }
+
+/// `verify` while commits run (checkpoints every 30 records): never a false alarm.
+#[test]
+fn verify_during_concurrent_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::sync::Arc::new(open_with(dir.path(), 30, u64::MAX));
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for b in 0..60u64 {
+                let batch: Vec<_> = (0..20)
+                    .map(|i| verified(&action(7, b * 20 + i + 1, b * 20 + i + 1)))
+                    .collect();
+                log.append_batch(batch, b).unwrap();
+            }
+        })
+    };
+    let mut rounds = 0;
+    while !writer.is_finished() || rounds == 0 {
+        let report = log.verify().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        rounds += 1;
+    }
+    writer.join().unwrap();
+    let report = log.verify().unwrap();
+    assert!(report.is_ok() && report.records == 1200, "{report:?}");
+}

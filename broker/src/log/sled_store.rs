@@ -628,20 +628,30 @@ impl LogStore for SledLog {
 
     fn verify(&self) -> Result<VerifyReport, LogError> {
         let _span = tracing::info_span!("log.verify").entered();
-        let head = self.durable_seq();
         let mut walker = Walker::new(&self.root);
-        for item in self.db.scan_prefix([CHECKPOINT_PREFIX]) {
-            let (_, v) = item?;
-            walker.checkpoint(
-                Checkpoint::decode(&v).map_err(|e| e.to_string()),
-                &self.broker_key,
-            );
-        }
+        // The head and the checkpoints are read with no commit in flight (the writer lock),
+        // so every stored checkpoint must be at or below that head.
+        let head = {
+            let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            for item in self.db.scan_prefix([CHECKPOINT_PREFIX]) {
+                let (_, v) = item?;
+                walker.checkpoint(
+                    Checkpoint::decode(&v).map_err(|e| e.to_string()),
+                    &self.broker_key,
+                );
+            }
+            self.durable_seq()
+        };
         let mut index = self.db.scan_prefix([INDEX_PREFIX]);
-        for item in self
-            .db
-            .range(key(FRAME_PREFIX, 1)..=key(FRAME_PREFIX, head.max(1)))
-        {
+        // Only frames that start at or below the head: a commit racing the walk is not seen.
+        let frames = (head > 0)
+            .then(|| {
+                self.db
+                    .range(key(FRAME_PREFIX, 1)..=key(FRAME_PREFIX, head))
+            })
+            .into_iter()
+            .flatten();
+        for item in frames {
             if walker.failed() {
                 break;
             }

@@ -202,7 +202,8 @@ impl<'r> Walker<'r> {
         }
     }
 
-    /// The report; `expected_head` is the store's durable head.
+    /// The report; `expected_head` is the store's durable head (checkpoints must have been
+    /// read while no commit was in flight, so that none is beyond it).
     pub fn finish(mut self, expected_head: u64) -> VerifyReport {
         if !self.failed() {
             if let Some((&seq, _)) = self.checkpoint_hashes.range(self.next..).next() {

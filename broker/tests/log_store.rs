@@ -80,6 +80,12 @@ fn appends_chain_and_answer_each_event() {
     let dev2 = log.by_device(&device(2), 0..u64::MAX).unwrap();
     assert_eq!(dev2.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 6]);
     assert_eq!(log.by_device(&device(1), 2..5).unwrap().len(), 2);
+    // Empty and inverted ranges, and ranges past the head, are empty, not errors.
+    assert!(log.by_device(&device(1), 5..2).unwrap().is_empty());
+    assert!(log.by_device(&device(1), 100..200).unwrap().is_empty());
+    assert!(log.range(5..2).unwrap().is_empty());
+    assert!(log.range(100..200).unwrap().is_empty());
+    assert!(log.by_device(&device(77), 0..u64::MAX).unwrap().is_empty());
     assert_eq!(log.seq_of(&a2.id), Some(2));
 
     // Reopen: same records, same answers, indexes rebuilt.

@@ -603,7 +603,7 @@ impl LogStore for SledLog {
             let s = self.read_shared();
             let all = s.indexes.device_seqs(device);
             let lo = all.partition_point(|&x| x < range.start);
-            let hi = all.partition_point(|&x| x < end);
+            let hi = all.partition_point(|&x| x < end).max(lo);
             all[lo..hi]
                 .iter()
                 .map(|&seq| {

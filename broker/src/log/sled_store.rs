@@ -455,10 +455,11 @@ impl SledLog {
         // From here on a failure leaves sled's state unknown: the caller poisons the store.
         self.db.apply_batch(batch)?;
         self.db.flush()?;
+        // Blob files first (never expected), so the log never points at an unsynced blob.
+        self.sync_blobs(w)?;
         self.db_file
             .sync_data()
             .map_err(LogError::io("fdatasync db"))?;
-        self.sync_blobs(w)?;
         w.next_seq = head + 1;
         w.head_hash = prev;
         if let Some(c) = &checkpoint {

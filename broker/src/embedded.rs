@@ -66,6 +66,17 @@ impl Embedded {
             .get(&event.device)
             .and_then(|t| t.last())
             .is_some_and(|e| e.seq == record.seq && e.status == Status::Accepted);
+        // Views first, then relays. The two planes are separate routers, so this narrows but
+        // does not close the window in which a device has heard a relay while an operator still
+        // reads the previous retained view; the new view follows within the same commit.
+        for p in publications(&self.state, &self.fx, std::slice::from_ref(record)) {
+            out.publish(
+                PlaneKind::Operator,
+                p.topic.to_string(),
+                p.payload,
+                p.retain,
+            );
+        }
         if accepted {
             for d in targets {
                 out.publish(
@@ -75,14 +86,6 @@ impl Embedded {
                     false,
                 );
             }
-        }
-        for p in publications(&self.state, &self.fx, std::slice::from_ref(record)) {
-            out.publish(
-                PlaneKind::Operator,
-                p.topic.to_string(),
-                p.payload,
-                p.retain,
-            );
         }
     }
 }

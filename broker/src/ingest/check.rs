@@ -1,10 +1,11 @@
 //! The pure decision on one message read from an `in/` topic: refuse it (with the reason code
 //! and the principal to tell) or hand a verified event to the log.
 
+use super::keys::KeyCache;
 use crate::log::VerifiedEvent;
 use crate::mqtt::auth::PlaneKind;
 use pairbus_schemas::messages::{RejectReason, Rejection};
-use pairbus_schemas::{open_event, Event, Kid, RootSecret, Topic};
+use pairbus_schemas::{open_event, Event, Kid, Topic};
 
 /// What to do with one message.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub fn check(
     plane: PlaneKind,
     topic: &[u8],
     payload: Vec<u8>,
-    root: &RootSecret,
+    keys: &mut KeyCache,
     limit: usize,
 ) -> Checked {
     let principal = match std::str::from_utf8(topic).ok().map(Topic::parse) {
@@ -50,7 +51,7 @@ pub fn check(
                 event_id,
             },
         };
-    let event = match open_event(&payload, limit, |kid| Some(root.derive(kid))) {
+    let event = match open_event(&payload, limit, |kid| Some(keys.key(kid))) {
         Ok(e) => e,
         Err(e) => return refuse(e.reason(), e.to_string(), None),
     };
@@ -85,7 +86,13 @@ mod tests {
     }
 
     fn run(plane: PlaneKind, topic: &str, bytes: Vec<u8>) -> Checked {
-        check(plane, topic.as_bytes(), bytes, &root(), MAX_EVENT_SIZE)
+        check(
+            plane,
+            topic.as_bytes(),
+            bytes,
+            &mut KeyCache::new(root(), 16),
+            MAX_EVENT_SIZE,
+        )
     }
 
     fn reason(c: Checked) -> RejectReason {

@@ -11,6 +11,7 @@
 //!   `append_batch` has returned, i.e. before the flush and the real sync.
 
 pub mod check;
+pub mod keys;
 
 use crate::journal::Journal;
 use crate::log::{AppendOutcome, LogStore};
@@ -187,7 +188,7 @@ impl Ingest {
                         },
                         outlets,
                         log,
-                        root,
+                        keys: keys::KeyCache::new(root, 100_000),
                         metrics,
                         settings,
                         hook,
@@ -291,7 +292,7 @@ struct Committer {
     limiter: LogLimiter,
     outlets: Outlets,
     log: Arc<dyn LogStore>,
-    root: RootSecret,
+    keys: keys::KeyCache,
     metrics: Arc<Metrics>,
     settings: IngestSettings,
     hook: Option<CommitHook>,
@@ -327,7 +328,7 @@ impl Committer {
                 m.plane,
                 &m.topic,
                 m.payload.to_vec(),
-                &self.root,
+                &mut self.keys,
                 self.settings.max_event_size,
             ) {
                 Checked::Accepted { event, verified } => {

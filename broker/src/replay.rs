@@ -9,16 +9,15 @@
 
 use crate::log::LogStore;
 use crate::metrics::Metrics;
-use crate::mqtt::plane::{Plane, PlaneError};
+use crate::mqtt::plane::{next_publish, Plane, PlaneError};
 use pairbus_schemas::messages::{ReplayEnd, ReplayRequest};
 use pairbus_schemas::{open_event, DeviceId, EventType, Record, RootSecret, Topic, MAX_EVENT_SIZE};
-use rumqttd::local::{LinkError, LinkRx, LinkTx};
-use rumqttd::Notification;
+use rumqttd::local::{LinkRx, LinkTx};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Most records in one reply.
 pub const MAX_REPLY_RECORDS: u64 = 10_000;
@@ -150,10 +149,10 @@ fn run(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        match rx.recv_deadline(Instant::now() + Duration::from_millis(100)) {
-            Ok(Some(Notification::Forward(f))) => {
+        match next_publish(&mut rx, Duration::from_millis(100)) {
+            Ok(Some(publish)) => {
                 let head = log.head().seq;
-                match plan(&f.publish.payload, head) {
+                match plan(&publish.payload, head) {
                     Ok(p) => {
                         let _span = tracing::info_span!("replay", topic = %p.reply_topic).entered();
                         match answer(&mut tx, &*log, &root, &p) {
@@ -171,13 +170,7 @@ fn run(
                     }
                 }
             }
-            Ok(Some(Notification::Unschedule)) => {
-                if rx.ready().is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => {}
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "replay link closed");
                 return;

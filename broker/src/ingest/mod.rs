@@ -17,14 +17,13 @@ use crate::journal::Journal;
 use crate::log::{AppendOutcome, LogStore};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::PlaneKind;
-use crate::mqtt::plane::{Plane, PlaneError};
+use crate::mqtt::plane::{next_publish, Plane, PlaneError};
 use check::Checked;
 use pairbus_schemas::messages::{CommitStatus, Committed, RejectReason, Rejection};
 use pairbus_schemas::topics::{filters, Topic};
 use pairbus_schemas::{Event, Kid, Record, RootSecret, MAX_EVENT_SIZE};
-use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish as RouterPublish};
-use rumqttd::Notification;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -215,12 +214,12 @@ fn read_loop(plane: PlaneKind, mut link: LinkRx, tx: SyncSender<Inbound>, stop: 
     let span = tracing::info_span!("reader", plane = plane.as_str());
     let _enter = span.enter();
     while !stop.load(Ordering::Relaxed) {
-        match link.recv_deadline(Instant::now() + POLL) {
-            Ok(Some(Notification::Forward(f))) => {
+        match next_publish(&mut link, POLL) {
+            Ok(Some(publish)) => {
                 let mut msg = Inbound {
                     plane,
-                    topic: f.publish.topic,
-                    payload: f.publish.payload,
+                    topic: publish.topic,
+                    payload: publish.payload,
                 };
                 // Backpressure: wait for the committer rather than drop.
                 loop {
@@ -237,14 +236,7 @@ fn read_loop(plane: PlaneKind, mut link: LinkRx, tx: SyncSender<Inbound>, stop: 
                     }
                 }
             }
-            Ok(Some(Notification::Unschedule)) => {
-                if let Err(e) = link.ready() {
-                    tracing::error!(error = %e, "cannot reschedule the local link");
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => {}
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "local link closed");
                 return;

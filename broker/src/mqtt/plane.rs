@@ -81,6 +81,31 @@ impl PlaneSettings {
     }
 }
 
+/// Waits up to `timeout` for the next message a local link subscribed to. Answers
+/// `Unschedule` with `ready()` (without which rumqttd stops delivering to the link for good)
+/// and skips other notifications: `Ok(None)` means nothing arrived in time. An error means the
+/// link (or its router) is gone.
+pub fn next_publish(
+    link: &mut LinkRx,
+    timeout: std::time::Duration,
+) -> Result<Option<rumqttd::protocol::Publish>, rumqttd::local::LinkError> {
+    use rumqttd::local::LinkError;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match link.recv_deadline(deadline) {
+            Ok(Some(rumqttd::Notification::Forward(f))) => return Ok(Some(f.publish)),
+            Ok(Some(rumqttd::Notification::Unschedule)) => link.ready()?,
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(None),
+            Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+    }
+}
+
 /// Decides whether a CONNECT may go on: `(client_id, username, password) -> allowed`.
 pub type AuthFn = Arc<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
 

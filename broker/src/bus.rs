@@ -169,6 +169,8 @@ impl Bus {
                 metrics: metrics.clone(),
                 journal,
                 root: root.clone(),
+                projections: projections.clone(),
+                replays: Arc::default(),
             },
         )
         .map_err(|source| BusError::Http {

@@ -5,11 +5,34 @@
 //! - `GET /v1/head`: the chain head `{"seq", "hash"}`;
 //! - `GET /v1/refusals?limit=N`: the newest refused events from the journal (default 100).
 //!
+//! The embedded projector's views (module `views`; the JSON is exactly what
+//! `pairbus-projector --export FILE <command> --json` prints for the same log, shapes in
+//! `projector/README.md`):
+//!
+//! - `GET /v1/devices?state=S`: every device card (sorted by id), optionally in state `S`;
+//! - `GET /v1/devices/<id>`: one device card;
+//! - `GET /v1/devices/<id>/history?since=T&until=T&type=E`: `{"device", "entries"}`, the
+//!   complete ordered trail with each event's `details`; `since`/`until` (inclusive, on
+//!   `received_at`) are Unix ms or RFC 3339; `type` is an event type, repeatable or
+//!   comma-separated;
+//! - `GET /v1/graph?format=json|text|dot`: the pairing graph `{"nodes", "edges"}` (default
+//!   json), or its text or Graphviz rendering;
+//! - `GET /v1/alerts`: every alert, in log order;
+//! - `GET /v1/stats`: `{"last_seq", "actions", "devices", "alerts", "undecodable"}`;
+//! - `GET /v1/replay?as_of=SEQ|T&view=device|graph|devices&id=ID`: the view exactly as it
+//!   was after log position `SEQ` (or the last record received at or before time `T`), folded
+//!   from the log by a fresh projector (at most [`MAX_REPLAY_RECORDS`] records, one replay at
+//!   a time); headers `pairbus-as-of-seq` and `pairbus-as-of-received-at` say where it stopped.
+//!
+//! Errors are JSON `{"error": <message>, "code": <code>}`: 400 `bad_request` (malformed, unknown
+//! or repeated parameter), 401 `unauthorized`, 404 `unknown_device`, 503 `busy` (a replay is
+//! running), 500 `internal`.
+//!
 //! `/v1/` needs an operator's token: `Authorization: Bearer <kid>:<token>`, where `<token>` is
 //! the same time-limited token as the MQTT password (`<expiry>.<hex mac>`), e.g.
-//! `Bearer operator:admin:1800000000.3f…`. The projector's query endpoints join this API when
-//! it is embedded.
+//! `Bearer operator:admin:1800000000.3f…` (`pairbus-agent --identity FILE token --bearer`).
 
+use crate::embedded::Embedded;
 use crate::journal::Journal;
 use crate::log::{LogStore, SledLog};
 use crate::metrics::Metrics;
@@ -21,8 +44,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use pairbus_schemas::{Kid, PrincipalKind, RootSecret};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+mod views;
+pub use views::{ApiError, LogRecords, AS_OF_RECEIVED_AT, AS_OF_SEQ, MAX_REPLAY_RECORDS};
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -33,8 +59,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The refusals journal.
     pub journal: Arc<Journal>,
-    /// To check operator tokens.
+    /// To check operator tokens, and to replay with the embedded projector's keys.
     pub root: RootSecret,
+    /// The embedded projector (locked only while a query runs).
+    pub projections: Arc<Mutex<Embedded>>,
+    /// Held by the running `/v1/replay` (one at a time).
+    pub replays: Arc<Mutex<()>>,
 }
 
 /// Checks an `Authorization` header value: `Bearer <operator kid>:<token>` at `now` (seconds).
@@ -67,7 +97,7 @@ async fn require_operator(State(s): State<AppState>, req: Request, next: Next) -
         Ok(_) => next.run(req).await,
         Err(why) => (
             StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({ "error": why })),
+            Json(serde_json::json!({ "error": why, "code": "unauthorized" })),
         )
             .into_response(),
     }
@@ -103,6 +133,7 @@ pub fn router(state: AppState) -> Router {
                 },
             ),
         )
+        .merge(views::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,

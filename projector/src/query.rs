@@ -1,4 +1,4 @@
-//! The read side: queries over projections, shared by the offline CLI and (later) the HTTP API.
+//! The read side: queries over projections, shared by the offline CLI and the broker's HTTP API.
 //!
 //! A [`Query`] is plain serde data (it can travel as JSON or URL parameters) and [`run`]
 //! answers it with a [`Response`] whose JSON is the documented view. Nothing here has IO: the
@@ -220,6 +220,19 @@ pub fn details<S: RecordSource + ?Sized>(log: &S, seq: u64) -> Option<Value> {
     log.record(seq)
         .and_then(|r| decode_event(&r.event).ok())
         .map(|ev| body_json(&ev.body))
+}
+
+/// A time given as Unix milliseconds (digits) or RFC 3339, in Unix ms: how the CLI and the HTTP
+/// API read `since`, `until` and `as_of`.
+pub fn parse_time(s: &str) -> Result<u64, QueryError> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
+        QueryError::BadArgument(format!("`{s}` is neither Unix ms nor RFC 3339: {e}"))
+    })?;
+    u64::try_from(t.timestamp_millis())
+        .map_err(|_| QueryError::BadArgument(format!("`{s}` is before 1970")))
 }
 
 /// The UTC day `YYYY-MM-DD` of a day number (Unix ms / [`DAY_MS`]).

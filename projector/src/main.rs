@@ -1,9 +1,13 @@
 //! `pairbus-projector`: investigations over the pairbus log.
 //!
-//! Today the queries run offline over an export file (`--export FILE`): the file is read with
-//! its hash chain verified, folded, and asked. The same queries will go to the projector's HTTP
-//! API once the broker serves it (the [`pairbus_projector::query::Query`] values are the API's
-//! requests).
+//! Two modes, the same subcommands and the same output (text, or `--json`):
+//!
+//! - offline (`--export FILE`): the file is read with its hash chain verified, folded, and
+//!   asked ([`pairbus_projector::query::run`]);
+//! - online (`--api URL`, `--token BEARER`): the same queries go to the HTTP API of the
+//!   projector embedded in `pairbus-broker serve`, which answers them with `query::run` over its
+//!   live projections; the answers are decoded into the same view types and printed by the
+//!   same code.
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -18,6 +22,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,9 +31,23 @@ use std::process::ExitCode;
     about = "Device state, pairing graph and audit trails folded from the pairbus log"
 )]
 struct Cli {
-    /// Read this log export instead of a running projector (offline mode).
+    /// Read this log export instead of a running projector (offline mode; wins over `--api`).
     #[arg(long, global = true, value_name = "FILE")]
     export: Option<PathBuf>,
+    /// Ask the HTTP API of a running broker (`pairbus-broker serve`), e.g.
+    /// `http://127.0.0.1:8080` (plain http).
+    #[arg(long, global = true, value_name = "URL", env = "PAIRBUS_API")]
+    api: Option<String>,
+    /// The operator bearer credential for `--api`: `<kid>:<token>`, with or without the
+    /// `Bearer ` prefix (`pairbus-agent --identity FILE token --bearer` prints it).
+    #[arg(
+        long,
+        global = true,
+        value_name = "BEARER",
+        env = "PAIRBUS_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     /// Export format (default: detected from the content).
     #[arg(long = "export-format", global = true, value_name = "cbor-seq|jsonl")]
     export_format: Option<String>,
@@ -153,12 +172,7 @@ fn main() -> ExitCode {
 
 /// Unix ms from RFC 3339 or digits.
 fn parse_time(s: &str) -> Result<u64, Fail> {
-    if let Ok(ms) = s.parse::<u64>() {
-        return Ok(ms);
-    }
-    let t = DateTime::parse_from_rfc3339(s)
-        .map_err(|e| format!("`{s}` is neither Unix ms nor RFC 3339: {e}"))?;
-    u64::try_from(t.timestamp_millis()).map_err(|_| format!("`{s}` is before 1970").into())
+    Ok(query::parse_time(s)?)
 }
 
 fn time(ms: Option<u64>) -> String {
@@ -190,7 +204,7 @@ fn projector(cli: &Cli) -> Result<Projector, Fail> {
 
 fn load(cli: &Cli) -> Result<Vec<Record>, Fail> {
     let Some(path) = &cli.export else {
-        return Err("no --export FILE: querying a running projector over HTTP is not available yet (it comes with `pairbus-broker serve`)".into());
+        return Err("no --export FILE nor --api URL (or PAIRBUS_API)".into());
     };
     let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let format = match &cli.export_format {
@@ -287,6 +301,11 @@ fn run(cli: Cli) -> Result<(), Fail> {
         eprintln!("wrote {} records to {}", log.records.len(), out.display());
         return Ok(());
     }
+    if cli.export.is_none() {
+        if let Some(url) = &cli.api {
+            return remote(&cli, url);
+        }
+    }
     let t = std::time::Instant::now();
     let records = load(&cli)?;
     if cli.timings {
@@ -333,22 +352,10 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 ReplayWhat::Devices => Query::Devices { state: None },
             };
             if !cli.json {
-                let mut o = String::new();
-                writeln!(
-                    o,
-                    "as of record {} ({})",
-                    p.last_seq,
-                    time(
-                        records
-                            .get(
-                                p.last_seq
-                                    .saturating_sub(records.first().map_or(1, |r| r.seq))
-                                    as usize
-                            )
-                            .map(|r| r.received_at)
-                    )
-                )?;
-                emit(o.as_bytes())?;
+                // The last record folded (none as of before the first).
+                let n = records.partition_point(|r| r.seq <= p.last_seq);
+                let at = n.checked_sub(1).map(|i| records[i].received_at);
+                emit(as_of_line(p.last_seq, at).as_bytes())?;
             }
             return answer(&cli, &p, &records, &q);
         }
@@ -369,8 +376,164 @@ fn run(cli: Cli) -> Result<(), Fail> {
 
 fn answer(cli: &Cli, p: &Projections, records: &[Record], q: &Query) -> Result<(), Fail> {
     let mut text = String::new();
-    render(cli, p, records, q, &mut text)?;
+    render(cli, query::run(p, records, q)?, &mut text)?;
     emit(text.as_bytes())
+}
+
+/// The first line of a text `replay`.
+fn as_of_line(seq: u64, received_at: Option<u64>) -> String {
+    format!("as of record {seq} ({})\n", time(received_at))
+}
+
+/// The online mode: one GET on the broker's HTTP API, decoded into the view the offline
+/// mode computes, then printed by the same code.
+fn remote(cli: &Cli, base: &str) -> Result<(), Fail> {
+    let token = cli
+        .token
+        .as_deref()
+        .ok_or("--api needs --token BEARER (or PAIRBUS_TOKEN): `pairbus-agent --identity FILE token --bearer`")?;
+    let token = token.trim();
+    let bearer = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+    let api = Api {
+        base: base.trim_end_matches('/').to_owned(),
+        auth: format!("Bearer {bearer}"),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into(),
+    };
+    if cli.fleet_key.is_some() || cli.verify_macs || cli.export_format.is_some() {
+        eprintln!("warning: --fleet-key, --verify-macs and --export-format apply to --export only; the broker's projector uses its own fleet key");
+    }
+    let resp = match &cli.command {
+        Cmd::Devices { state } => {
+            let mut params = Vec::new();
+            if let Some(s) = state {
+                params.push(("state", s.clone()));
+            }
+            Response::Devices(api.get("/v1/devices", &params)?.json()?)
+        }
+        Cmd::Device { id } => Response::Device(Box::new(
+            api.get(&format!("/v1/devices/{}", path_segment(id)?), &[])?
+                .json()?,
+        )),
+        Cmd::History {
+            id,
+            since,
+            until,
+            types,
+        } => {
+            let mut params = Vec::new();
+            for (k, v) in [("since", since), ("until", until)] {
+                if let Some(v) = v {
+                    params.push((k, parse_time(v)?.to_string()));
+                }
+            }
+            params.extend(types.iter().map(|t| ("type", t.clone())));
+            let path = format!("/v1/devices/{}/history", path_segment(id)?);
+            Response::History(api.get(&path, &params)?.json()?)
+        }
+        Cmd::Graph { .. } => {
+            Response::Graph(api.get("/v1/graph", &[("format", "json".into())])?.json()?)
+        }
+        Cmd::Alerts => Response::Alerts(api.get("/v1/alerts", &[])?.json()?),
+        Cmd::Stats => Response::Stats(api.get("/v1/stats", &[])?.json()?),
+        Cmd::Replay { as_of, what } => {
+            // Digits are a log position, anything else a time: the API reads it as offline.
+            let mut params = vec![("as_of", as_of.clone())];
+            match what {
+                ReplayWhat::Device { id } => {
+                    params.push(("view", "device".into()));
+                    params.push(("id", id.clone()));
+                }
+                ReplayWhat::Graph => params.push(("view", "graph".into())),
+                ReplayWhat::Devices => params.push(("view", "devices".into())),
+            }
+            let reply = api.get("/v1/replay", &params)?;
+            if !cli.json {
+                let seq = reply.header("pairbus-as-of-seq").unwrap_or(0);
+                let at = reply.header("pairbus-as-of-received-at");
+                emit(as_of_line(seq, at).as_bytes())?;
+            }
+            match what {
+                ReplayWhat::Device { .. } => Response::Device(Box::new(reply.json()?)),
+                ReplayWhat::Graph => Response::Graph(reply.json()?),
+                ReplayWhat::Devices => Response::Devices(reply.json()?),
+            }
+        }
+        Cmd::GenExport { .. } => unreachable!("handled before"),
+    };
+    let mut text = String::new();
+    render(cli, resp, &mut text)?;
+    emit(text.as_bytes())
+}
+
+/// A device id as one URL path segment (ids are hex; anything else is refused here).
+fn path_segment(id: &str) -> Result<&str, Fail> {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(id)
+    } else {
+        Err(format!("`{id}` is not a device id (16 hex digits)").into())
+    }
+}
+
+/// The HTTP API client.
+struct Api {
+    base: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+/// A successful answer.
+struct Reply {
+    body: String,
+    headers: ureq::http::HeaderMap,
+}
+
+impl Api {
+    /// `GET base+path?params`: the body of a 200, or the API's error message.
+    fn get(&self, path: &str, params: &[(&str, String)]) -> Result<Reply, Fail> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.auth)
+            .header("Accept", "application/json")
+            .query_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+            .call()
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 32)
+            .read_to_string()
+            .map_err(|e| format!("{url}: reading the answer: {e}"))?;
+        if !status.is_success() {
+            // The API's errors are `{"error", "code"}`.
+            let why = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or(body);
+            return Err(format!("{url}: {status}: {why}").into());
+        }
+        Ok(Reply {
+            body,
+            headers: resp.headers().clone(),
+        })
+    }
+}
+
+impl Reply {
+    fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Fail> {
+        serde_json::from_str(&self.body)
+            .map_err(|e| format!("the API's answer is not the expected view: {e}").into())
+    }
+
+    fn header(&self, name: &str) -> Option<u64> {
+        self.headers.get(name)?.to_str().ok()?.parse().ok()
+    }
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -382,14 +545,7 @@ fn emit(bytes: &[u8]) -> Result<(), Fail> {
     }
 }
 
-fn render(
-    cli: &Cli,
-    p: &Projections,
-    records: &[Record],
-    q: &Query,
-    o: &mut String,
-) -> Result<(), Fail> {
-    let resp = query::run(p, records, q)?;
+fn render(cli: &Cli, resp: Response, o: &mut String) -> Result<(), Fail> {
     if let (Cmd::Graph { format }, Response::Graph(g)) = (&cli.command, &resp) {
         match format {
             GraphFormat::Json => return print_json(o, g),

@@ -20,6 +20,7 @@ use pairbus_projector::query::{self, Query, QueryError, RecordSource, Response};
 use pairbus_projector::{Config, Effect, Projections, Projector};
 use pairbus_schemas::Record;
 use std::borrow::Cow;
+use std::sync::TryLockError;
 
 /// The most records `/v1/replay` folds for one request (about a second of fold). Older
 /// positions of a longer log: export it (`pairbus-broker export`) and replay offline.
@@ -281,7 +282,10 @@ fn fold_prefix(
     pr: &Projector,
     as_of: AsOf,
 ) -> Result<(Projections, Option<u64>), ApiError> {
-    let head = log.head().seq;
+    let head = match as_of {
+        AsOf::Seq(s) => log.head().seq.min(s),
+        AsOf::Time(_) => log.head().seq,
+    };
     let mut p = Projections::new();
     let mut fx: Vec<Effect> = Vec::new();
     let mut last_at = None;
@@ -338,7 +342,12 @@ async fn replay(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse,
         }
     };
     let (resp, seq, at) = blocking(move || {
-        let _one_at_a_time = s.replays.try_lock().map_err(|_| ApiError::Busy)?;
+        let _one_at_a_time = match s.replays.try_lock() {
+            Ok(g) => g,
+            // A replay that panicked left nothing behind to repair.
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(ApiError::Busy),
+        };
         let pr = Projector::new(Config::default(), s.root.clone());
         let (p, at) = fold_prefix(&s.log, &pr, as_of)?;
         let resp = query::run(&p, &query::NoRecords, &q)?;

@@ -25,8 +25,8 @@
 //!   a time); headers `pairbus-as-of-seq` and `pairbus-as-of-received-at` say where it stopped.
 //!
 //! Errors are JSON `{"error": <message>, "code": <code>}`: 400 `bad_request` (malformed, unknown
-//! or repeated parameter), 401 `unauthorized`, 404 `unknown_device`, 503 `busy` (a replay is
-//! running), 500 `internal`.
+//! or repeated parameter), 401 `unauthorized`, 404 `unknown_device` (or `not_found`: no such
+//! endpoint), 503 `busy` (a replay is running), 500 `internal`.
 //!
 //! `/v1/` needs an operator's token: `Authorization: Bearer <kid>:<token>`, where `<token>` is
 //! the same time-limited token as the MQTT password (`<expiry>.<hex mac>`), e.g.
@@ -145,6 +145,12 @@ pub fn router(state: AppState) -> Router {
             get(|State(s): State<AppState>| async move { s.metrics.render() }),
         )
         .merge(v1)
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({ "error": "no such endpoint", "code": "not_found" })),
+            )
+        })
         .with_state(state)
 }
 

@@ -295,6 +295,7 @@ async fn every_view_is_the_offline_answer_and_errors_are_typed() {
     };
     err("/v1/devices", Some(&device_bearer), 401, "unauthorized");
     err("/v1/devices/00000000000000ff", b, 404, "unknown_device");
+    err("/v1/nothing-here", b, 404, "not_found");
     err(
         "/v1/devices/00000000000000ff/history",
         b,

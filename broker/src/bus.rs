@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::auth::{authenticate, PlaneKind};
 use crate::mqtt::plane::{AuthFn, Plane, PlaneError, PlaneSettings};
 use crate::replay::Replay;
-use pairbus_schemas::RootSecret;
+use pairbus_schemas::{RootSecret, Topic};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -119,10 +119,24 @@ impl Bus {
         let metrics = Arc::new(Metrics::default());
         let projections = Arc::new(Mutex::new(Embedded::rebuild(root.clone(), &*log)?));
         let folder = projections.clone();
+        let checkpoints = log.clone();
+        let mut last_checkpoint = 0;
         let hook: crate::ingest::CommitHook = Box::new(move |record, event, out| {
             // A poisoned lock means a panic in the fold on another thread; keep folding.
             let mut p = folder.lock().unwrap_or_else(|e| e.into_inner());
             p.on_commit(record, event, out);
+            // A new signed chain head (made inside a commit): publish it, retained.
+            if let Some(c) = checkpoints.latest_checkpoint() {
+                if c.seq > last_checkpoint {
+                    last_checkpoint = c.seq;
+                    out.publish(
+                        PlaneKind::Operator,
+                        Topic::Checkpoints.to_string(),
+                        c.encode(),
+                        true,
+                    );
+                }
+            }
         });
         let device = Plane::start(
             PlaneSettings::new("device", settings.device_listen),

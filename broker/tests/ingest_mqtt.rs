@@ -131,6 +131,7 @@ async fn device_events_are_confirmed_only_after_commit_and_bad_ones_are_refused(
     let op_token = root.derive(&op).mint_token(&op, now_secs() + 600);
     let (op_client, mut op_ev) = connect(bus.operator_addr(), "op-1", &op, &op_token).await;
     subscribe(&op_client, &mut op_ev, "pairbus/v1/log").await;
+    subscribe(&op_client, &mut op_ev, "pairbus/v1/checkpoints").await;
 
     // The device.
     let token = key.mint_token(&kid, now_secs() + 600);
@@ -155,6 +156,12 @@ async fn device_events_are_confirmed_only_after_commit_and_bad_ones_are_refused(
     let rec = Record::decode(&payload, 70_000).unwrap();
     assert!(rec.hash_is_valid());
     assert_eq!(rec.event, seal(&e1, &key));
+    // The first commit also signed a checkpoint, published retained for auditors.
+    let (topic, payload) = next_publish(&mut op_ev).await;
+    assert_eq!(topic, "pairbus/v1/checkpoints");
+    let cp = pairbus_schemas::messages::Checkpoint::decode(&payload).unwrap();
+    assert_eq!((cp.seq, cp.hash), (1, rec.hash));
+    assert!(cp.verify(&root.derive(&Kid::broker())));
 
     // 2. The same event again: already_committed, stored once.
     client

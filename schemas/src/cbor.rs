@@ -77,7 +77,123 @@ pub fn encode_canonical(value: Value) -> Result<Vec<u8>, CborError> {
 }
 
 /// Decodes exactly one deterministically encoded CBOR item of at most `limit` bytes.
+///
+/// Fast accept, slow refuse: a single pass over the `ciborium-ll` headers ([`decode_fast`])
+/// builds the value when every item is plainly in the one accepted encoding; anything else
+/// (every input that is refused, and the rare accepted ones it does not handle) goes through
+/// [`decode_strict_reference`], which therefore produces every error. Both give the same
+/// `Result` on every input (differential proptest in `tests/props.rs`, fuzz target
+/// `fast_paths`).
 pub fn decode_strict(bytes: &[u8], limit: usize) -> Result<Value, CborError> {
+    if bytes.len() <= limit {
+        if let Some(value) = decode_fast(bytes) {
+            return Ok(value);
+        }
+    }
+    decode_strict_reference(bytes, limit)
+}
+
+/// Nesting deeper than this is left to the reference decoder (whose own recursion limit is
+/// far higher); no pairbus structure comes close.
+const FAST_MAX_DEPTH: usize = 16;
+
+/// One pass over the input: `Some(value)` only if the input is exactly one item in which every
+/// head (integers, lengths, simple values) is written as `ciborium_ll::Encoder` writes it
+/// (shortest form), lengths are definite, there is no float, tag or simple value other than
+/// `false`/`true`, text is UTF-8, every map's keys are strictly increasing by their encoded
+/// bytes (so sorted and without duplicates), and nothing follows. Such an input is one the
+/// reference decoder accepts, with the same value; `None` means "ask the reference".
+fn decode_fast(bytes: &[u8]) -> Option<Value> {
+    let (value, end) = fast_item(bytes, 0, 0)?;
+    (end == bytes.len()).then_some(value)
+}
+
+/// The head at `pos` and the position after it, if it is in its shortest form.
+pub(crate) fn fast_head(bytes: &[u8], pos: usize) -> Option<(ciborium_ll::Header, usize)> {
+    let rest = bytes.get(pos..)?;
+    let mut decoder = ciborium_ll::Decoder::from(rest);
+    let header = decoder.pull().ok()?;
+    let read = decoder.offset();
+    let mut canonical = [0u8; 9];
+    let mut out: &mut [u8] = &mut canonical;
+    ciborium_ll::Encoder::from(&mut out).push(header).ok()?;
+    let written = 9 - out.len();
+    (rest[..read] == canonical[..written]).then_some((header, pos + read))
+}
+
+/// The `len` bytes at `pos`, and the position after them.
+pub(crate) fn fast_slice(bytes: &[u8], pos: usize, len: usize) -> Option<(&[u8], usize)> {
+    let end = pos.checked_add(len)?;
+    Some((bytes.get(pos..end)?, end))
+}
+
+fn fast_item(bytes: &[u8], pos: usize, depth: usize) -> Option<(Value, usize)> {
+    use ciborium_ll::Header;
+    if depth > FAST_MAX_DEPTH {
+        return None;
+    }
+    let (header, pos) = fast_head(bytes, pos)?;
+    Some(match header {
+        Header::Positive(n) => (Value::Integer(n.into()), pos),
+        Header::Negative(n) => (
+            Value::Integer(ciborium::value::Integer::try_from(-1 - i128::from(n)).ok()?),
+            pos,
+        ),
+        Header::Bytes(Some(len)) => {
+            let (b, end) = fast_slice(bytes, pos, len)?;
+            (Value::Bytes(b.to_vec()), end)
+        }
+        Header::Text(Some(len)) => {
+            let (b, end) = fast_slice(bytes, pos, len)?;
+            (Value::Text(std::str::from_utf8(b).ok()?.to_owned()), end)
+        }
+        Header::Array(Some(len)) => {
+            // Every item takes at least one byte: a longer count cannot be satisfied.
+            if len > bytes.len() - pos {
+                return None;
+            }
+            let mut items = Vec::with_capacity(len);
+            let mut pos = pos;
+            for _ in 0..len {
+                let (item, next) = fast_item(bytes, pos, depth + 1)?;
+                items.push(item);
+                pos = next;
+            }
+            (Value::Array(items), pos)
+        }
+        Header::Map(Some(len)) => {
+            if len > (bytes.len() - pos) / 2 {
+                return None;
+            }
+            let mut entries = Vec::with_capacity(len);
+            let mut pos = pos;
+            let mut previous_key: &[u8] = &[];
+            for i in 0..len {
+                let (key, key_end) = fast_item(bytes, pos, depth + 1)?;
+                // Every item below is already in its one encoding, so these bytes are the
+                // key's deterministic encoding.
+                let key_bytes = &bytes[pos..key_end];
+                if i > 0 && previous_key >= key_bytes {
+                    return None;
+                }
+                previous_key = key_bytes;
+                let (value, next) = fast_item(bytes, key_end, depth + 1)?;
+                entries.push((key, value));
+                pos = next;
+            }
+            (Value::Map(entries), pos)
+        }
+        Header::Simple(ciborium_ll::simple::FALSE) => (Value::Bool(false), pos),
+        Header::Simple(ciborium_ll::simple::TRUE) => (Value::Bool(true), pos),
+        _ => return None,
+    })
+}
+
+/// The strict decoder written the straightforward way: ciborium's `Value` decoding, then the
+/// checks, then a re-encoding compared with the input. [`decode_strict`] gives exactly its
+/// results; it is public only so that the tests and fuzz targets can compare the two.
+#[doc(hidden)]
+pub fn decode_strict_reference(bytes: &[u8], limit: usize) -> Result<Value, CborError> {
     if bytes.len() > limit {
         return Err(CborError::TooLarge {
             size: bytes.len(),
@@ -251,6 +367,21 @@ mod tests {
             decode_strict(&[0x01, 0x02, 0x03], 2),
             Err(CborError::TooLarge { size: 3, limit: 2 })
         );
+    }
+
+    /// The fast path must actually take the payloads pairbus writes (the differential tests
+    /// only show that it never disagrees with the reference).
+    #[test]
+    fn fast_path_takes_every_sample_payload() {
+        for e in crate::vectors::sample_events() {
+            let bytes = e.encode();
+            assert_eq!(
+                decode_fast(&bytes),
+                Some(decode_strict_reference(&bytes, bytes.len()).unwrap()),
+                "{}",
+                e.event_type()
+            );
+        }
     }
 
     #[test]

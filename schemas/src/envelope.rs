@@ -91,12 +91,99 @@ pub fn seal(event: &Event, key: &Key) -> Vec<u8> {
 #[derive(Debug)]
 pub struct Unverified {
     kid: Kid,
-    mac0: CoseMac0,
+    mac0: Mac0,
+}
+
+#[derive(Debug)]
+enum Mac0 {
+    /// Parsed by [`Unverified::parse_fast`]: the input's protected header bstr (head included),
+    /// payload bstr head, payload and tag, exactly as they will be MAC'd.
+    Fast {
+        protected_bstr: Vec<u8>,
+        payload_head: ([u8; 9], usize),
+        payload: Vec<u8>,
+        tag: [u8; 32],
+    },
+    /// Parsed by coset ([`Unverified::parse_reference`]).
+    Coset(Box<CoseMac0>),
 }
 
 impl Unverified {
     /// Parses and checks the structure of at most `limit` bytes.
+    ///
+    /// Fast accept, slow refuse: an envelope in the one layout pairbus writes is taken apart
+    /// directly ([`Unverified::parse_fast`]); anything else goes through coset
+    /// ([`Unverified::parse_reference`]), which produces every error. Both accept exactly the
+    /// same inputs with the same kid, payload and MAC check (differential tests in
+    /// `tests/envelope.rs`, fuzz target `fast_paths`).
     pub fn parse(bytes: &[u8], limit: usize) -> Result<Self, EnvelopeError> {
+        if bytes.len() <= limit {
+            if let Some(u) = Self::parse_fast(bytes) {
+                return Ok(u);
+            }
+        }
+        Self::parse_reference(bytes, limit)
+    }
+
+    /// `Some` only for `d1 84 | bstr(a2 01 05 04 bstr(kid)) | a0 | bstr(payload) | 58 20 tag`
+    /// with every head in its shortest form, nothing after the tag, and a valid kid: exactly
+    /// the envelopes [`Unverified::parse_reference`] accepts, which re-encode to themselves.
+    fn parse_fast(bytes: &[u8]) -> Option<Self> {
+        use crate::cbor::{fast_head, fast_slice};
+        use ciborium_ll::Header;
+        // Tag 17 and an array of 4, each in one byte.
+        if bytes.get(..2)? != [0xd1, 0x84] {
+            return None;
+        }
+        let Some((Header::Bytes(Some(len)), pos)) = fast_head(bytes, 2) else {
+            return None;
+        };
+        let (protected, after_protected) = fast_slice(bytes, pos, len)?;
+        let protected_bstr = &bytes[2..after_protected];
+        // {1: 5, 4: kid}: alg HMAC 256/256, then the kid bstr filling the rest.
+        if protected.get(..4)? != [0xa2, 0x01, 0x05, 0x04] {
+            return None;
+        }
+        let Some((Header::Bytes(Some(kid_len)), kid_pos)) = fast_head(protected, 4) else {
+            return None;
+        };
+        let (kid_bytes, kid_end) = fast_slice(protected, kid_pos, kid_len)?;
+        if kid_end != protected.len() || kid_bytes.is_empty() {
+            return None;
+        }
+        let kid = Kid::parse(std::str::from_utf8(kid_bytes).ok()?).ok()?;
+        // Empty unprotected header.
+        if *bytes.get(after_protected)? != 0xa0 {
+            return None;
+        }
+        let head_pos = after_protected + 1;
+        let Some((Header::Bytes(Some(len)), pos)) = fast_head(bytes, head_pos) else {
+            return None;
+        };
+        let mut payload_head = [0u8; 9];
+        payload_head[..pos - head_pos].copy_from_slice(&bytes[head_pos..pos]);
+        let (payload, after_payload) = fast_slice(bytes, pos, len)?;
+        // The full 32-byte tag, and nothing after it.
+        if bytes.get(after_payload..after_payload + 2)? != [0x58, 0x20] {
+            return None;
+        }
+        let tag: [u8; 32] = bytes.get(after_payload + 2..)?.try_into().ok()?;
+        Some(Unverified {
+            kid,
+            mac0: Mac0::Fast {
+                protected_bstr: protected_bstr.to_vec(),
+                payload_head: (payload_head, pos - head_pos),
+                payload: payload.to_vec(),
+                tag,
+            },
+        })
+    }
+
+    /// The structure check written with coset: parse, check the headers, re-encode and compare
+    /// with the input. [`Unverified::parse`] gives exactly its results; it is public only so
+    /// that the tests and fuzz targets can compare the two.
+    #[doc(hidden)]
+    pub fn parse_reference(bytes: &[u8], limit: usize) -> Result<Self, EnvelopeError> {
         if bytes.len() > limit {
             return Err(EnvelopeError::TooLarge {
                 size: bytes.len(),
@@ -142,7 +229,10 @@ impl Unverified {
         if again != bytes {
             return Err(EnvelopeError::NonCanonical);
         }
-        Ok(Unverified { kid, mac0 })
+        Ok(Unverified {
+            kid,
+            mac0: Mac0::Coset(Box::new(mac0)),
+        })
     }
 
     /// The kid of the protected header (not yet authenticated).
@@ -153,7 +243,33 @@ impl Unverified {
     /// Checks the full 32-byte tag in constant time and returns the authenticated payload.
     pub fn verify(self, key: &Key) -> Result<(Kid, Vec<u8>), EnvelopeError> {
         let kid = self.kid;
-        self.mac0.verify_payload_tag(
+        let mac0 = match self.mac0 {
+            Mac0::Fast {
+                protected_bstr,
+                payload_head: (head, head_len),
+                payload,
+                tag,
+            } => {
+                // MAC_structure = ["MAC0", protected, external_aad h'', payload] (RFC 9052
+                // §6.3), encoded as coset encodes it: the protected and payload bstrs are the
+                // input's own, already in their shortest form.
+                let mac_structure: [&[u8]; 6] = [
+                    &[0x84, 0x64],
+                    b"MAC0",
+                    &protected_bstr,
+                    &[0x40],
+                    &head[..head_len],
+                    &payload,
+                ];
+                return if key.verify(&mac_structure, &tag) {
+                    Ok((kid, payload))
+                } else {
+                    Err(EnvelopeError::BadMac(kid))
+                };
+            }
+            Mac0::Coset(mac0) => *mac0,
+        };
+        mac0.verify_payload_tag(
             &[],
             || EnvelopeError::MissingPayload,
             |tag, data| {
@@ -164,7 +280,7 @@ impl Unverified {
                 }
             },
         )?;
-        let payload = self.mac0.payload.unwrap_or_default();
+        let payload = mac0.payload.unwrap_or_default();
         Ok((kid, payload))
     }
 }
@@ -204,6 +320,18 @@ mod tests {
         let (ph, pl) = (bstr(protected), bstr(payload));
         let tag = key.mac(&[&[0x84, 0x64], b"MAC0", &ph, &[0x40], &pl]);
         [&[0xd1, 0x84][..], &ph, &[0xa0], &pl, &[0x58, 0x20], &tag].concat()
+    }
+
+    /// The fast path must actually take the envelopes pairbus writes.
+    #[test]
+    fn fast_path_takes_every_sample_envelope() {
+        for event in sample_events() {
+            let key = root().derive(&event.src);
+            let cose = seal(&event, &key);
+            let u = Unverified::parse_fast(&cose).expect("fast path refused a sealed sample");
+            assert!(matches!(u.mac0, Mac0::Fast { .. }));
+            assert_eq!(u.verify(&key).unwrap(), (event.src.clone(), event.encode()));
+        }
     }
 
     /// Found with the fuzz target's round-trip check: the protected header used to be compared

@@ -705,6 +705,13 @@ impl Event {
         Self::from_value(decode_strict(payload, limit)?)
     }
 
+    /// [`Event::decode`] over [`crate::cbor::decode_strict_reference`]: the reference the fast
+    /// paths are compared with in the tests and fuzz targets.
+    #[doc(hidden)]
+    pub fn decode_reference(payload: &[u8], limit: usize) -> Result<Self, DecodeError> {
+        Self::from_value(crate::cbor::decode_strict_reference(payload, limit)?)
+    }
+
     fn from_value(value: Value) -> Result<Self, DecodeError> {
         let mut f = Fields::new(value, "")?;
         let v = f.uint("v")?;

@@ -20,6 +20,8 @@
 #![warn(missing_docs)]
 
 pub mod cbor;
+#[doc(hidden)]
+pub mod differential;
 pub mod envelope;
 pub mod event;
 mod fields;

@@ -200,3 +200,86 @@ fn every_bit_flip_of_every_sample_is_refused() {
         }
     }
 }
+
+/// An arbitrary CBOR value of the kinds the fast strict decoder handles, plus some it leaves
+/// to the reference (null, floats, tags), maps with any keys.
+fn cbor_value() -> impl Strategy<Value = ciborium::value::Value> {
+    use ciborium::value::Value;
+    let leaf = prop_oneof![
+        any::<u64>().prop_map(|n| Value::Integer(n.into())),
+        any::<i64>().prop_map(|n| Value::Integer(n.into())),
+        (0..30u64).prop_map(|n| Value::Integer(n.into())),
+        (0..30i64).prop_map(|n| Value::Integer((-n).into())),
+        ".{0,30}".prop_map(Value::Text),
+        "[a-z]{0,3}".prop_map(Value::Text),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
+        any::<bool>().prop_map(Value::Bool),
+        Just(Value::Null),
+        Just(Value::Float(1.5)),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::vec((inner.clone(), inner.clone()), 0..6).prop_map(Value::Map),
+            inner.prop_map(|v| Value::Tag(1, Box::new(v))),
+        ]
+    })
+}
+
+// Differential tests of the fast paths (`decode_strict`, `Event::decode`, `Unverified::parse`)
+// against their references: identical `Result`s, error variants and messages included.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn fast_paths_equal_references_on_arbitrary_bytes(
+        data in proptest::collection::vec(any::<u8>(), 0..300)
+    ) {
+        pairbus_schemas::differential::check_all(&data);
+    }
+
+    #[test]
+    fn fast_paths_equal_references_on_mutated_events(
+        e in event(),
+        ops in proptest::collection::vec(any::<u8>(), 0..12)
+    ) {
+        pairbus_schemas::differential::check_mutated_event(&e, &ops);
+    }
+
+    #[test]
+    fn fast_strict_decoder_equals_reference_on_cbor_values(
+        v in cbor_value(),
+        ops in proptest::collection::vec(any::<u8>(), 0..6)
+    ) {
+        use pairbus_schemas::cbor::{encode_canonical, encode_value};
+        use pairbus_schemas::differential::{check_payload, mutate};
+        let raw = encode_value(&v);
+        check_payload(&raw);
+        check_payload(&mutate(raw, &ops));
+        if let Ok(canonical) = encode_canonical(v) {
+            check_payload(&canonical);
+            check_payload(&mutate(canonical, &ops));
+        }
+    }
+}
+
+#[test]
+fn fast_paths_equal_references_on_long_strings_and_deep_nesting() {
+    use ciborium::value::Value;
+    use pairbus_schemas::cbor::encode_value;
+    use pairbus_schemas::differential::check_payload;
+    // Longer than ciborium's 4 KiB scratch buffer, and around the size limit.
+    for n in [23, 24, 255, 256, 4095, 4096, 4097, 20_000, 65_530, 65_540] {
+        check_payload(&encode_value(&Value::Text("é".repeat(n / 2))));
+        check_payload(&encode_value(&Value::Bytes(vec![7; n])));
+        check_payload(&encode_value(&Value::Array(vec![Value::Bool(true); n])));
+    }
+    // Around the fast decoder's depth limit and beyond ciborium's recursion limit.
+    for depth in [15, 16, 17, 18, 255, 256, 257, 300] {
+        let mut v = Value::Integer(1.into());
+        for _ in 0..depth {
+            v = Value::Array(vec![v]);
+        }
+        check_payload(&encode_value(&v));
+    }
+}

@@ -1,7 +1,8 @@
 //! Shared helpers for the tests that run a whole [`Bus`] in-process on ephemeral loopback
 //! ports: start it, connect MQTT clients, feed it a signed log, and talk HTTP to it.
 //!
-//! (`ingest_mqtt.rs` still has its own copies of the first few; it can switch to these.)
+//! (`ingest_mqtt.rs` still has its own copies of several of these; it can switch to them,
+//! minding that [`http_get`] here answers an [`HttpReply`].)
 #![allow(dead_code)]
 
 use pairbus_broker::bus::{Bus, BusSettings};
@@ -64,6 +65,51 @@ pub async fn connect(
         }
     }
     (client, ev)
+}
+
+/// Subscribes and waits for the SUBACK.
+pub async fn subscribe(client: &AsyncClient, ev: &mut EventLoop, filter: &str) {
+    client
+        .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let MqttEvent::Incoming(Packet::SubAck(_)) = next(ev).await {
+            return;
+        }
+    }
+}
+
+/// The next MQTT event (10 s at most).
+pub async fn next(ev: &mut EventLoop) -> MqttEvent {
+    tokio::time::timeout(Duration::from_secs(10), ev.poll())
+        .await
+        .expect("timed out waiting for MQTT")
+        .expect("MQTT error")
+}
+
+/// The next PUBLISH received: (topic, payload).
+pub async fn next_publish(ev: &mut EventLoop) -> (String, Vec<u8>) {
+    loop {
+        if let MqttEvent::Incoming(Packet::Publish(p)) = next(ev).await {
+            return (p.topic, p.payload.to_vec());
+        }
+    }
+}
+
+/// Drives a client's event loop in the background and hands over what it receives.
+pub fn collect(mut ev: EventLoop) -> tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let MqttEvent::Incoming(Packet::Publish(p)) = e {
+                if tx.send((p.topic, p.payload.to_vec())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// `operator:admin`'s bearer credential (`<kid>:<token>`), valid ten minutes.

@@ -81,6 +81,11 @@ impl PlaneSettings {
     }
 }
 
+/// A local link whose router is gone (rumqttd's error text).
+#[derive(Debug, Error)]
+#[error("local link closed: {0}")]
+pub struct LinkClosed(pub String);
+
 /// Waits up to `timeout` for the next message a local link subscribed to. Answers
 /// `Unschedule` with `ready()` (without which rumqttd stops delivering to the link for good)
 /// and skips other notifications: `Ok(None)` means nothing arrived in time. An error means the
@@ -88,17 +93,19 @@ impl PlaneSettings {
 pub fn next_publish(
     link: &mut LinkRx,
     timeout: std::time::Duration,
-) -> Result<Option<rumqttd::protocol::Publish>, rumqttd::local::LinkError> {
+) -> Result<Option<rumqttd::protocol::Publish>, LinkClosed> {
     use rumqttd::local::LinkError;
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match link.recv_deadline(deadline) {
             Ok(Some(rumqttd::Notification::Forward(f))) => return Ok(Some(f.publish)),
-            Ok(Some(rumqttd::Notification::Unschedule)) => link.ready()?,
+            Ok(Some(rumqttd::Notification::Unschedule)) => {
+                link.ready().map_err(|e| LinkClosed(e.to_string()))?
+            }
             Ok(Some(_)) => {}
             Ok(None) => return Ok(None),
             Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(LinkClosed(e.to_string())),
         }
         if std::time::Instant::now() >= deadline {
             return Ok(None);

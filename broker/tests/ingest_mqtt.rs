@@ -2,104 +2,16 @@
 //! token, publishes signed events and gets durable confirmations; forged, replayed, misrouted
 //! and conflicting events are refused with their codes; an operator reads the log topic.
 
-use pairbus_broker::bus::{Bus, BusSettings};
-use pairbus_broker::ingest::IngestSettings;
+mod bus_common;
+
+use bus_common::{collect, connect, http_get, next_publish, now_secs, start, subscribe};
+use pairbus_broker::bus::Bus;
 use pairbus_broker::log::LogStore;
 use pairbus_schemas::event::{Action, Body, Metadata};
 use pairbus_schemas::messages::{CommitStatus, Committed, RejectReason, Rejection};
 use pairbus_schemas::{seal, DeviceId, Event, EventId, Kid, Record, RootSecret, Topic};
 use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, MqttOptions, Packet, QoS};
-use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn start(dir: &std::path::Path, root: &RootSecret) -> Bus {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Bus::start(
-        BusSettings {
-            data_dir: dir.to_owned(),
-            device_listen: any,
-            operator_listen: any,
-            http_listen: any,
-            ingest: IngestSettings::default(),
-        },
-        root.clone(),
-    )
-    .unwrap()
-}
-
-async fn connect(
-    addr: SocketAddr,
-    client_id: &str,
-    kid: &Kid,
-    password: &str,
-) -> (AsyncClient, EventLoop) {
-    let mut opts = MqttOptions::new(client_id, "127.0.0.1", addr.port());
-    opts.set_credentials(kid.to_string(), password);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut ev) = AsyncClient::new(opts, 100);
-    // Wait for the CONNACK.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
-            Ok(Ok(MqttEvent::Incoming(Packet::ConnAck(_)))) => break,
-            Ok(Ok(_)) => continue,
-            other => panic!("{client_id}: no CONNACK: {other:?}"),
-        }
-    }
-    (client, ev)
-}
-
-async fn subscribe(client: &AsyncClient, ev: &mut EventLoop, filter: &str) {
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    loop {
-        if let MqttEvent::Incoming(Packet::SubAck(_)) = next(ev).await {
-            return;
-        }
-    }
-}
-
-async fn next(ev: &mut EventLoop) -> MqttEvent {
-    tokio::time::timeout(Duration::from_secs(10), ev.poll())
-        .await
-        .expect("timed out waiting for MQTT")
-        .expect("MQTT error")
-}
-
-async fn next_publish(ev: &mut EventLoop) -> (String, Vec<u8>) {
-    loop {
-        if let MqttEvent::Incoming(Packet::Publish(p)) = next(ev).await {
-            return (p.topic, p.payload.to_vec());
-        }
-    }
-}
-
-/// A minimal HTTP/1.1 GET over a plain socket: (status, body).
-fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let auth = bearer
-        .map(|b| format!("Authorization: Bearer {b}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
+use std::time::Duration;
 
 fn action(device: &DeviceId, seq: u64, n: u8) -> Event {
     Event {
@@ -208,10 +120,10 @@ async fn device_events_are_confirmed_only_after_commit_and_bad_ones_are_refused(
 
     assert_eq!(bus.log().head().seq, 1);
     // The refusals journal over HTTP, for operators only.
-    let (status, _) = http_get(bus.http_addr(), "/v1/refusals", None);
-    assert_eq!(status, 401);
+    assert_eq!(http_get(bus.http_addr(), "/v1/refusals", None).status, 401);
     let bearer = format!("{op}:{op_token}");
-    let (status, body) = http_get(bus.http_addr(), "/v1/refusals", Some(&bearer));
+    let reply = http_get(bus.http_addr(), "/v1/refusals", Some(&bearer));
+    let (status, body) = (reply.status, reply.body);
     assert_eq!(status, 200, "{body}");
     let entries: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     let reasons: Vec<&str> = entries
@@ -220,7 +132,8 @@ async fn device_events_are_confirmed_only_after_commit_and_bad_ones_are_refused(
         .collect();
     assert_eq!(reasons, ["bad_mac", "seq_conflict", "malformed"], "{body}");
     assert_eq!(entries[0]["principal"], kid.to_string());
-    let (status, metrics) = http_get(bus.http_addr(), "/metrics", None);
+    let reply = http_get(bus.http_addr(), "/metrics", None);
+    let (status, metrics) = (reply.status, reply.body);
     assert_eq!(status, 200);
     assert!(
         metrics.contains("pairbus_group_commit_seconds_count"),
@@ -448,21 +361,6 @@ async fn a_client_flooding_garbage_does_not_stop_others_from_committing() {
         "only the honest events are stored"
     );
     bus.shutdown();
-}
-
-/// Drives a client's event loop in the background and hands over what it receives.
-fn collect(mut ev: EventLoop) -> tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(e) = ev.poll().await {
-            if let MqttEvent::Incoming(Packet::Publish(p)) = e {
-                if tx.send((p.topic, p.payload.to_vec())).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
 }
 
 async fn recv(

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 /// The directory of the binaries built with these tests (`target/<profile>`).
 fn bin_dir() -> PathBuf {
@@ -75,14 +76,20 @@ impl Broker {
     /// Starts `serve` on `data` (initialized on first start) and rewrites the operator and
     /// factory identities to point at the chosen operator plane.
     pub fn start(data: &Path) -> Broker {
+        Broker::start_at(data, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Like [`Broker::start`], with the device and operator planes on the given addresses
+    /// (e.g. `127.0.0.1:<free_port()>`, so that identities can name them before the broker runs).
+    pub fn start_at(data: &Path, device_listen: &str, operator_listen: &str) -> Broker {
         let mut child = Command::new(bin("pairbus-broker"))
             .args(["serve", "--data"])
             .arg(data)
             .args([
                 "--device-listen",
-                "127.0.0.1:0",
+                device_listen,
                 "--operator-listen",
-                "127.0.0.1:0",
+                operator_listen,
                 "--http-listen",
                 "127.0.0.1:0",
             ])
@@ -99,20 +106,7 @@ impl Broker {
         let operator = field(&line, "operator plane ").to_owned();
         let http = field(&line, "HTTP http://").to_owned();
         for id in ["operator-admin.toml", "factory-default.toml"] {
-            let p = data.join(id);
-            let text = std::fs::read_to_string(&p).expect("identity file");
-            let text: String = text
-                .lines()
-                .map(|l| {
-                    if l.starts_with("broker") {
-                        format!("broker = \"{operator}\"")
-                    } else {
-                        l.to_owned()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            std::fs::write(&p, text + "\n").expect("identity rewritten");
+            point_identity(&data.join(id), &operator);
         }
         Broker {
             child,
@@ -121,6 +115,41 @@ impl Broker {
             operator,
             http,
         }
+    }
+
+    /// `GET http://<http><path>` with the operator's bearer token; the JSON answer (panics on
+    /// a non-200 status).
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let token = agent(
+            &self.data.join("operator-admin.toml"),
+            &["token", "--bearer"],
+        );
+        let mut s = std::net::TcpStream::connect(&self.http).expect("HTTP connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: {}\r\n\r\n",
+            self.http,
+            token.trim()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("HTTP answer");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP head");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "GET {path}: {head}\n{body}"
+        );
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// The embedded projector's history of a device (`/v1/devices/<id>/history`): its entries.
+    pub fn history(&self, device: &str) -> Vec<serde_json::Value> {
+        self.get(&format!("/v1/devices/{device}/history"))["entries"]
+            .as_array()
+            .expect("history entries")
+            .clone()
     }
 
     /// Stops it with SIGTERM (graceful) and waits.
@@ -163,22 +192,248 @@ pub fn agent(identity: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Rewrites the `broker = "…"` line of an identity file.
+pub fn point_identity(file: &Path, addr: &str) {
+    let text = std::fs::read_to_string(file).expect("identity file");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("broker") {
+                format!("broker = \"{addr}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(file, text + "\n").expect("identity rewritten");
+}
+
+/// A loopback port nobody listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `pairbus-broker init --data <data>`: fleet key and first identities, without serving.
+pub fn init_data(data: &Path, operator_addr: &str) {
+    run_ok(
+        Command::new(bin("pairbus-broker"))
+            .args(["init", "--data"])
+            .arg(data)
+            .args(["--operator-addr", operator_addr])
+            .env("PAIRBUS_LOG", "warn"),
+    );
+}
+
+/// `pairbus-agent --identity <identity> <args…>`, whatever its exit status.
+pub fn agent_output(identity: &Path, args: &[&str]) -> Output {
+    Command::new(bin("pairbus-agent"))
+        .arg("--identity")
+        .arg(identity)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("pairbus-agent runs")
+}
+
+/// The `queued <type> id=<hex> seq=<n>` lines of an agent's output.
+pub fn queued(out: &str) -> Vec<(String, String, u64)> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("queued ")?;
+            let mut it = rest.split_whitespace();
+            let t = it.next()?.to_owned();
+            let id = it.next()?.strip_prefix("id=")?.to_owned();
+            let seq = it.next()?.strip_prefix("seq=")?.parse().ok()?;
+            Some((t, id, seq))
+        })
+        .collect()
+}
+
+/// The device id in `make`'s `made device <id> -> …` line.
+pub fn made_device(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("made device "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `made device` line in {out}"))
+        .to_owned()
+}
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `secs` seconds.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `pairbus-broker verify --data <data>` (the broker must be stopped); panics if it fails.
+pub fn verify(data: &Path) -> String {
+    let out = run_ok(
+        Command::new(bin("pairbus-broker"))
+            .args(["verify", "--data"])
+            .arg(data)
+            .env("PAIRBUS_LOG", "warn"),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One record of the log, its event opened with the key the fleet root derives.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// The log's own sequence number.
+    pub log_seq: u64,
+    /// The event.
+    pub event: pairbus_schemas::Event,
+}
+
+/// The whole log of a stopped broker (`export --format jsonl`), every event opened and
+/// MAC-checked with the fleet root in `<data>/fleet.key`.
+pub fn logged_events(data: &Path) -> Vec<Logged> {
+    let out = run_ok(
+        Command::new(bin("pairbus-broker"))
+            .args(["export", "--format", "jsonl", "--data"])
+            .arg(data)
+            .env("PAIRBUS_LOG", "warn"),
+    );
+    let root = fleet_root(data);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("jsonl record");
+            let cose = hex::decode(v["event"].as_str().expect("event hex")).expect("hex");
+            let event = pairbus_schemas::open_event(&cose, pairbus_schemas::MAX_EVENT_SIZE, |k| {
+                Some(root.derive(k))
+            })
+            .expect("every logged event opens with the fleet root");
+            Logged {
+                log_seq: v["seq"].as_u64().expect("seq"),
+                event,
+            }
+        })
+        .collect()
+}
+
+/// The fleet root secret of a data folder.
+pub fn fleet_root(data: &Path) -> pairbus_schemas::RootSecret {
+    let hex = std::fs::read_to_string(data.join("fleet.key")).expect("fleet.key");
+    pairbus_schemas::RootSecret::from_hex(hex.trim()).expect("fleet.key holds a root")
+}
+
+/// A minimal MQTT 3.1.1 client: CONNECT (clean session) as `client_id`/`user`/`password`,
+/// one QoS 1 PUBLISH of `payload` on `topic`, wait for its PUBACK, DISCONNECT. Stands for a
+/// hostile (but authenticated) client writing where rumqttd 0.20 cannot stop it.
+pub fn raw_publish(
+    addr: &str,
+    client_id: &str,
+    user: &str,
+    password: &str,
+    topic: &str,
+    payload: &[u8],
+) {
+    use std::io::{Read, Write};
+    fn remaining(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    fn string(s: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![kind];
+        remaining(body.len(), &mut p);
+        p.extend_from_slice(body);
+        p
+    }
+    let mut s = std::net::TcpStream::connect(addr).expect("MQTT connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut body = Vec::new();
+    string(b"MQTT", &mut body);
+    body.push(4); // protocol level 3.1.1
+    body.push(0b1100_0010); // username, password, clean session
+    body.extend_from_slice(&30u16.to_be_bytes()); // keep-alive
+    string(client_id.as_bytes(), &mut body);
+    string(user.as_bytes(), &mut body);
+    string(password.as_bytes(), &mut body);
+    s.write_all(&packet(0x10, &body)).unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "CONNECT refused");
+    let mut body = Vec::new();
+    string(topic.as_bytes(), &mut body);
+    body.extend_from_slice(&1u16.to_be_bytes()); // packet id
+    body.extend_from_slice(payload);
+    s.write_all(&packet(0x32, &body)).unwrap();
+    let mut puback = [0u8; 4];
+    s.read_exact(&mut puback).expect("PUBACK");
+    assert_eq!(puback, [0x40, 2, 0, 1], "PUBACK");
+    s.write_all(&[0xe0, 0]).unwrap();
+}
+
 /// A long-running `pairbus-agent … run`, killed on drop.
 pub struct Running(Child);
 
 impl Running {
     /// Starts `run` for a device identity.
     pub fn device(identity: &Path) -> Running {
+        Running::device_with(identity, &[])
+    }
+
+    /// Starts `run <args…>` for a device identity (e.g. `--resend-after 1`).
+    pub fn device_with(identity: &Path, args: &[&str]) -> Running {
         Running(
             Command::new(bin("pairbus-agent"))
                 .arg("--identity")
                 .arg(identity)
                 .arg("run")
+                .args(args)
+                .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("agent run starts"),
         )
+    }
+
+    /// Waits until its control socket (`<identity>.outbox/control.sock`) answers.
+    pub fn wait_ready(&self, identity: &Path) {
+        let sock = PathBuf::from(format!("{}.outbox", identity.display())).join("control.sock");
+        wait_until(15, "the running agent's control socket", || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+    }
+
+    /// SIGKILL, and waits.
+    pub fn kill9(mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("reaped");
+    }
+
+    /// SIGTERM (a clean stop), and waits up to 15 s; panics if it does not stop.
+    pub fn term(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        wait_until(15, "`run` to stop on SIGTERM", || {
+            self.0.try_wait().expect("try_wait").is_some()
+        });
     }
 }
 
@@ -186,5 +441,63 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A device made by `make`.
+#[derive(Debug, Clone)]
+pub struct Made {
+    /// Its 16 hex digit id.
+    pub id: String,
+    /// Its identity file.
+    pub identity: PathBuf,
+    /// Its QR code image.
+    pub png: PathBuf,
+    /// The QR code's text (`PB1:…`).
+    pub qr: String,
+    /// `make`'s whole output.
+    pub out: String,
+}
+
+/// `pairbus-agent --identity <factory> <global…> make --serial <serial> --type sensor
+/// --fleet-key <data>/fleet.key --device-broker <device_broker> --out <out> --no-terminal <extra…>`.
+pub fn make(
+    factory: &Path,
+    global: &[&str],
+    device_broker: &str,
+    out: &Path,
+    serial: &str,
+    extra: &[&str],
+) -> Made {
+    let fleet = factory.with_file_name("fleet.key");
+    let mut args: Vec<&str> = global.to_vec();
+    args.extend([
+        "make",
+        "--serial",
+        serial,
+        "--type",
+        "sensor",
+        "--fleet-key",
+        fleet.to_str().unwrap(),
+        "--device-broker",
+        device_broker,
+        "--out",
+        out.to_str().unwrap(),
+        "--no-terminal",
+    ]);
+    args.extend(extra);
+    let text = agent(factory, &args);
+    let id = made_device(&text);
+    let qr = text
+        .lines()
+        .find(|l| l.starts_with("PB1:"))
+        .unwrap_or_else(|| panic!("no QR text in {text}"))
+        .to_owned();
+    Made {
+        identity: out.join(format!("{id}.toml")),
+        png: out.join(format!("{id}.png")),
+        id,
+        qr,
+        out: text,
     }
 }

@@ -386,6 +386,114 @@ pub fn raw_publish(
     s.write_all(&[0xe0, 0]).unwrap();
 }
 
+/// Reads the retained message of `topic` (if any) with a minimal MQTT 3.1.1 client: CONNECT as
+/// `client_id`/`user`/`password`, SUBSCRIBE (QoS 0), then the first PUBLISH within 500 ms.
+pub fn retained(
+    addr: &str,
+    client_id: &str,
+    user: &str,
+    password: &str,
+    topic: &str,
+) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    fn string(s: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![kind];
+        let mut n = body.len();
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            p.push(b);
+            if n == 0 {
+                break;
+            }
+        }
+        p.extend_from_slice(body);
+        p
+    }
+    fn read_packet(s: &mut std::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+        let mut h = [0u8; 1];
+        s.read_exact(&mut h)?;
+        let (mut len, mut mult) = (0usize, 1usize);
+        loop {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            len += (b[0] & 0x7f) as usize * mult;
+            mult *= 128;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body)?;
+        Ok((h[0], body))
+    }
+    let mut s = std::net::TcpStream::connect(addr).expect("MQTT connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut body = Vec::new();
+    string(b"MQTT", &mut body);
+    body.push(4);
+    body.push(0b1100_0010);
+    body.extend_from_slice(&30u16.to_be_bytes());
+    string(client_id.as_bytes(), &mut body);
+    string(user.as_bytes(), &mut body);
+    string(password.as_bytes(), &mut body);
+    s.write_all(&packet(0x10, &body)).unwrap();
+    let (kind, ack) = read_packet(&mut s).expect("CONNACK");
+    assert_eq!(
+        (kind, ack.as_slice()),
+        (0x20, &[0u8, 0][..]),
+        "CONNECT refused"
+    );
+    let mut body = 7u16.to_be_bytes().to_vec();
+    string(topic.as_bytes(), &mut body);
+    body.push(0);
+    s.write_all(&packet(0x82, &body)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut found = None;
+    while let Ok((kind, body)) = read_packet(&mut s) {
+        if kind >> 4 == 3 {
+            let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let skip = 2 + tlen + if kind & 0x06 != 0 { 2 } else { 0 };
+            found = Some(body[skip..].to_vec());
+            break;
+        }
+    }
+    let _ = s.write_all(&[0xe0, 0]);
+    found
+}
+
+/// Waits until a running device's retained presence card on the device plane says `online`
+/// (the agent publishes it after its SUBACK, so its `cmd/` subscription is in place). Reads it
+/// as `reader` (another device's identity file, never running).
+pub fn wait_online(device_plane: &str, reader: &Path, device: &str) {
+    let text = std::fs::read_to_string(reader).expect("reader identity");
+    let kid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kid = "))
+        .expect("kid line")
+        .trim_matches('"')
+        .to_owned();
+    wait_until(20, &format!("{device} online"), || {
+        let token = agent(reader, &["token"]);
+        retained(
+            device_plane,
+            &kid,
+            &kid,
+            token.trim(),
+            &format!("pairbus/v1/presence/{device}"),
+        )
+        .is_some_and(|card| String::from_utf8_lossy(&card).contains(r#""status":"online""#))
+    });
+}
+
 /// A long-running `pairbus-agent … run`, killed on drop.
 pub struct Running(Child);
 

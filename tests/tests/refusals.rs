@@ -14,7 +14,7 @@ use pairbus_schemas::identity::Identity;
 use pairbus_schemas::{DeviceId, Event, EventId, Kid, RootSecret};
 use pairbus_tests::{
     agent, agent_output, fleet_root, logged_events, make, point_identity, queued, raw_publish,
-    verify, wait_until, Broker, Made, Running,
+    verify, wait_online, wait_until, Broker, Made, Running,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -289,8 +289,11 @@ fn offers_to_a_managed_sensor_with_a_reused_or_an_expired_nonce_are_declined() {
             r
         })
         .collect();
-    // Presence cards tell when each device is connected and subscribed.
-    std::thread::sleep(Duration::from_millis(500));
+    // Their retained presence cards tell when each is connected and subscribed to its cmd/.
+    point_identity(&h.identity, &broker.device);
+    for d in [&m, &s, &x] {
+        wait_online(&broker.device, &h.identity, &d.id);
+    }
 
     // m manages s.
     agent(&operator, &["pair", "--manager", &m.id, "--sensor", &s.id]);
@@ -307,7 +310,6 @@ fn offers_to_a_managed_sensor_with_a_reused_or_an_expired_nonce_are_declined() {
     });
 
     // A hostile client (device h, authenticated) writes offers onto s's cmd/ topic.
-    point_identity(&h.identity, &broker.device);
     let h_kid = format!("device:{}", h.id);
     let mut injected = Vec::new();
     let mut publish = |ev: &Event| {

@@ -1,10 +1,11 @@
 //! The seed stories end to end with the real binaries: a factory makes two devices with QR
 //! codes, an operator activates them from the QR images, the devices prove their keys at
 //! setup, the operator asks one to manage the other, the devices run the pairing handshake
-//! through the broker's relays, the manager sends a `status` command and the sensor answers.
+//! through the broker's relays, the manager sends a `status` command, the sensor answers and
+//! records an action.
 //! Then the log verifies and the projector's history and graph show all of it.
 
-use pairbus_tests::{agent, bin, run_ok, Broker, Running};
+use pairbus_tests::{agent, bin, run_ok, wait_until, Broker, Running};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -118,7 +119,29 @@ fn make_activate_setup_pair_and_command_through_the_real_broker() {
         }
         assert!(Instant::now() < deadline, "the pairing never completed");
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // The sensor records an action while it runs (handed to its running agent).
+    let out = agent(
+        &identity(&s),
+        &[
+            "action",
+            "voice_recording",
+            "--meta",
+            "seconds=12",
+            "--ip",
+            "10.1.2.3",
+        ],
+    );
+    assert!(out.contains("handed to the running agent"), "{out}");
+    wait_until(
+        20,
+        "the completion and the action in the sensor's history",
+        || {
+            let h = broker.history(&s);
+            ["command.completed", "device.action"]
+                .iter()
+                .all(|t| h.iter().any(|e| e["type"] == *t))
+        },
+    );
     drop(_rm);
     drop(_rs);
     let data_dir = broker.data.clone();
@@ -148,6 +171,7 @@ fn make_activate_setup_pair_and_command_through_the_real_broker() {
         "pairing.accepted",
         "command.issued",
         "command.completed",
+        "device.action",
     ] {
         assert!(
             text.contains(t),

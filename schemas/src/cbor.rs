@@ -108,17 +108,38 @@ fn decode_fast(bytes: &[u8]) -> Option<Value> {
     (end == bytes.len()).then_some(value)
 }
 
-/// The head at `pos` and the position after it, if it is in its shortest form.
+/// The head at `pos` and the position after it, if it is in its shortest form. Only the heads
+/// the fast paths use (integers, definite lengths, simple values); anything else (floats,
+/// tags, indefinite lengths, breaks) is `None`, which they would refuse anyway.
+///
+/// `ciborium_ll::Encoder` writes a head with the same major type, the same value and the
+/// shortest width that holds the value (a simple value below 24 in the initial byte), so the
+/// head read is the one it would write exactly when it is as long as that shortest form.
 pub(crate) fn fast_head(bytes: &[u8], pos: usize) -> Option<(ciborium_ll::Header, usize)> {
+    use ciborium_ll::Header;
+    fn shortest(n: u64) -> usize {
+        match n {
+            0..=23 => 1,
+            24..=0xff => 2,
+            0x100..=0xffff => 3,
+            0x1_0000..=0xffff_ffff => 5,
+            _ => 9,
+        }
+    }
     let rest = bytes.get(pos..)?;
     let mut decoder = ciborium_ll::Decoder::from(rest);
     let header = decoder.pull().ok()?;
     let read = decoder.offset();
-    let mut canonical = [0u8; 9];
-    let mut out: &mut [u8] = &mut canonical;
-    ciborium_ll::Encoder::from(&mut out).push(header).ok()?;
-    let written = 9 - out.len();
-    (rest[..read] == canonical[..written]).then_some((header, pos + read))
+    let canonical = match header {
+        Header::Positive(n) | Header::Negative(n) => shortest(n),
+        Header::Bytes(Some(n))
+        | Header::Text(Some(n))
+        | Header::Array(Some(n))
+        | Header::Map(Some(n)) => shortest(n as u64),
+        Header::Simple(x) => shortest(u64::from(x)),
+        _ => return None,
+    };
+    (read == canonical).then_some((header, pos + read))
 }
 
 /// The `len` bytes at `pos`, and the position after them.
@@ -378,6 +399,18 @@ mod tests {
             assert_eq!(
                 decode_fast(&bytes),
                 Some(decode_strict_reference(&bytes, bytes.len()).unwrap()),
+                "{}",
+                e.event_type()
+            );
+        }
+    }
+
+    #[test]
+    fn fast_event_path_takes_every_sample_payload() {
+        for e in crate::vectors::sample_events() {
+            assert_eq!(
+                crate::fast_event::decode(&e.encode()).as_ref(),
+                Some(&e),
                 "{}",
                 e.event_type()
             );

@@ -701,7 +701,18 @@ impl Event {
     }
 
     /// Strictly decodes a payload of at most `limit` bytes.
+    ///
+    /// Fast accept, slow refuse: a payload in the one accepted encoding whose fields are all
+    /// valid is decoded in one pass over its `ciborium-ll` heads (`fast_event`); anything else
+    /// goes through the strict `Value` decoder and the field checks, which produce every error.
+    /// Both give the same `Result` on every input ([`Event::decode_reference`] is the
+    /// reference in the differential proptests and the fuzz target `fast_paths`).
     pub fn decode(payload: &[u8], limit: usize) -> Result<Self, DecodeError> {
+        if payload.len() <= limit {
+            if let Some(event) = crate::fast_event::decode(payload) {
+                return Ok(event);
+            }
+        }
         Self::from_value(decode_strict(payload, limit)?)
     }
 

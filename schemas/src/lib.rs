@@ -24,6 +24,7 @@ pub mod cbor;
 pub mod differential;
 pub mod envelope;
 pub mod event;
+mod fast_event;
 mod fields;
 pub mod identity;
 pub mod ids;

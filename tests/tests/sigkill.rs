@@ -3,7 +3,8 @@
 //! log verifies. (The seed of the moments is printed; set `PAIRBUS_SEED` to replay one.)
 
 use pairbus_tests::{
-    agent, bin, logged_events, make, queued, verify, wait_until, Broker, Logged, Made, Running,
+    agent, agent_output, bin, logged_events, make, queued, verify, wait_until, Broker, Logged,
+    Made, Running,
 };
 use std::collections::HashSet;
 use std::io::Read;
@@ -205,5 +206,93 @@ fn one_shot_actions_killed_with_sigkill_mid_publish_lose_and_duplicate_nothing()
         "{} of 12 killed actions had been queued (printed {})",
         got.len() - 1,
         printed.len() - 1
+    );
+}
+
+#[test]
+fn run_killed_while_actions_are_being_handed_to_it_loses_and_duplicates_nothing() {
+    let mut rng = Rng::seeded("run_killed_while_handing");
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let (m, setup) = online_device(&broker, &dir.path().join("devices"), "SN-KILL-HAND");
+    let run = Running::device_with(&m.identity, &["--resend-after", "1"]);
+    run.wait_ready(&m.identity);
+    // Another thread records actions without pause; `run` dies under it at a random moment,
+    // possibly in the middle of a hand-over. Later actions go straight into the outbox.
+    let identity = m.identity.clone();
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killed_seen = killed.clone();
+    let recorder = std::thread::spawn(move || {
+        let mut results = Vec::new();
+        let mut after_kill = 0;
+        for i in 0..300 {
+            if killed_seen.load(std::sync::atomic::Ordering::SeqCst) {
+                after_kill += 1;
+                if after_kill > 5 {
+                    break;
+                }
+            }
+            let n = format!("n={i}");
+            let o = agent_output(&identity, &["--wait", "1", "action", "tap", "--meta", &n]);
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            results.push((
+                o.status.success(),
+                queued(&out),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            ));
+        }
+        results
+    });
+    std::thread::sleep(Duration::from_millis(100 + rng.below(1000)));
+    run.kill9();
+    killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let results = recorder.join().unwrap();
+    let mut confirmed_by_cli = vec![setup];
+    for (ok, q, err) in &results {
+        if *ok {
+            assert_eq!(q.len(), 1, "a successful `action` names its event: {err}");
+            confirmed_by_cli.push((q[0].1.clone(), q[0].2));
+        } else {
+            eprintln!("an `action` failed while `run` died: {}", err.trim());
+        }
+    }
+    // Restart, let it deliver, stop it; then whatever it had not confirmed yet goes by `send`.
+    let run = Running::device_with(&m.identity, &["--resend-after", "1"]);
+    run.wait_ready(&m.identity);
+    wait_until(30, "every recorded action in the log", || {
+        count_actions(&broker, &m.id) >= confirmed_by_cli.len() - 1
+    });
+    run.term();
+    let o = agent(&m.identity, &["send"]);
+    assert!(
+        o.contains("delivered:") || o.contains("0 event(s) pending"),
+        "{o}"
+    );
+    let listed = agent(&m.identity, &["outbox"]);
+    assert!(!listed.contains("pending "), "all confirmed: {listed}");
+    assert!(!listed.contains("refused "), "none refused: {listed}");
+    let data = broker.data.clone();
+    broker.stop();
+
+    verify(&data);
+    let log = logged_events(&data);
+    let got = device_events(&log, &format!("device:{}", m.id));
+    assert_eq!(
+        got.iter().map(|g| g.1).collect::<Vec<_>>(),
+        (1..=got.len() as u64).collect::<Vec<_>>(),
+        "a gap or a repeat in the device's seqs: {got:?}"
+    );
+    for c in &confirmed_by_cli {
+        assert!(got.contains(c), "{c:?} was queued but is not in the log");
+    }
+    assert!(
+        got.len() <= results.len() + 1,
+        "at most one event per `action` call"
+    );
+    eprintln!(
+        "{} actions recorded, {} confirmed to their caller, {} in the log",
+        results.len(),
+        confirmed_by_cli.len() - 1,
+        got.len() - 1
     );
 }

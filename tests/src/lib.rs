@@ -326,9 +326,26 @@ pub fn fleet_root(data: &Path) -> pairbus_schemas::RootSecret {
     pairbus_schemas::RootSecret::from_hex(hex.trim()).expect("fleet.key holds a root")
 }
 
-/// A minimal MQTT 3.1.1 client: CONNECT (clean session) as `client_id`/`user`/`password`,
-/// one QoS 1 PUBLISH of `payload` on `topic`, wait for its PUBACK, DISCONNECT. Stands for a
-/// hostile (but authenticated) client writing where rumqttd 0.20 cannot stop it.
+fn host_port(addr: &str) -> (&str, &str) {
+    addr.rsplit_once(':').expect("address is host:port")
+}
+
+fn mosquitto(tool: &str) -> Command {
+    let probe = Command::new(tool)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        probe.is_ok(),
+        "{tool} not found: install mosquitto-clients (.ci/run does)"
+    );
+    Command::new(tool)
+}
+
+/// One QoS 1 PUBLISH of `payload` on `topic` with Debian's `mosquitto_pub`, connected as
+/// `client_id`/`user`/`password`. Stands for a hostile (but authenticated) client writing
+/// where rumqttd 0.20 cannot stop it.
 pub fn raw_publish(
     addr: &str,
     client_id: &str,
@@ -337,57 +354,21 @@ pub fn raw_publish(
     topic: &str,
     payload: &[u8],
 ) {
-    use std::io::{Read, Write};
-    fn remaining(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let mut b = (n % 128) as u8;
-            n /= 128;
-            if n > 0 {
-                b |= 0x80;
-            }
-            out.push(b);
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    fn string(s: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        out.extend_from_slice(s);
-    }
-    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
-        let mut p = vec![kind];
-        remaining(body.len(), &mut p);
-        p.extend_from_slice(body);
-        p
-    }
-    let mut s = std::net::TcpStream::connect(addr).expect("MQTT connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut body = Vec::new();
-    string(b"MQTT", &mut body);
-    body.push(4); // protocol level 3.1.1
-    body.push(0b1100_0010); // username, password, clean session
-    body.extend_from_slice(&30u16.to_be_bytes()); // keep-alive
-    string(client_id.as_bytes(), &mut body);
-    string(user.as_bytes(), &mut body);
-    string(password.as_bytes(), &mut body);
-    s.write_all(&packet(0x10, &body)).unwrap();
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).expect("CONNACK");
-    assert_eq!(connack, [0x20, 2, 0, 0], "CONNECT refused");
-    let mut body = Vec::new();
-    string(topic.as_bytes(), &mut body);
-    body.extend_from_slice(&1u16.to_be_bytes()); // packet id
-    body.extend_from_slice(payload);
-    s.write_all(&packet(0x32, &body)).unwrap();
-    let mut puback = [0u8; 4];
-    s.read_exact(&mut puback).expect("PUBACK");
-    assert_eq!(puback, [0x40, 2, 0, 1], "PUBACK");
-    s.write_all(&[0xe0, 0]).unwrap();
+    let (host, port) = host_port(addr);
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), payload).expect("payload written");
+    run_ok(
+        mosquitto("mosquitto_pub")
+            .args([
+                "-h", host, "-p", port, "-i", client_id, "-u", user, "-P", password,
+            ])
+            .args(["-t", topic, "-q", "1", "-f"])
+            .arg(file.path()),
+    );
 }
 
-/// Reads the retained message of `topic` (if any) with a minimal MQTT 3.1.1 client: CONNECT as
-/// `client_id`/`user`/`password`, SUBSCRIBE (QoS 0), then the first PUBLISH within 500 ms.
+/// The retained message of `topic`, if any arrives within a second, read with Debian's
+/// `mosquitto_sub` connected as `client_id`/`user`/`password`.
 pub fn retained(
     addr: &str,
     client_id: &str,
@@ -395,79 +376,18 @@ pub fn retained(
     password: &str,
     topic: &str,
 ) -> Option<Vec<u8>> {
-    use std::io::{Read, Write};
-    fn string(s: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        out.extend_from_slice(s);
+    let (host, port) = host_port(addr);
+    let out = mosquitto("mosquitto_sub")
+        .args([
+            "-h", host, "-p", port, "-i", client_id, "-u", user, "-P", password,
+        ])
+        .args(["-t", topic, "-C", "1", "-W", "1", "-F", "%x"])
+        .output()
+        .expect("mosquitto_sub runs");
+    if !out.status.success() {
+        return None; // timed out: nothing retained
     }
-    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
-        let mut p = vec![kind];
-        let mut n = body.len();
-        loop {
-            let mut b = (n % 128) as u8;
-            n /= 128;
-            if n > 0 {
-                b |= 0x80;
-            }
-            p.push(b);
-            if n == 0 {
-                break;
-            }
-        }
-        p.extend_from_slice(body);
-        p
-    }
-    fn read_packet(s: &mut std::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-        let mut h = [0u8; 1];
-        s.read_exact(&mut h)?;
-        let (mut len, mut mult) = (0usize, 1usize);
-        loop {
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b)?;
-            len += (b[0] & 0x7f) as usize * mult;
-            mult *= 128;
-            if b[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body)?;
-        Ok((h[0], body))
-    }
-    let mut s = std::net::TcpStream::connect(addr).expect("MQTT connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut body = Vec::new();
-    string(b"MQTT", &mut body);
-    body.push(4);
-    body.push(0b1100_0010);
-    body.extend_from_slice(&30u16.to_be_bytes());
-    string(client_id.as_bytes(), &mut body);
-    string(user.as_bytes(), &mut body);
-    string(password.as_bytes(), &mut body);
-    s.write_all(&packet(0x10, &body)).unwrap();
-    let (kind, ack) = read_packet(&mut s).expect("CONNACK");
-    assert_eq!(
-        (kind, ack.as_slice()),
-        (0x20, &[0u8, 0][..]),
-        "CONNECT refused"
-    );
-    let mut body = 7u16.to_be_bytes().to_vec();
-    string(topic.as_bytes(), &mut body);
-    body.push(0);
-    s.write_all(&packet(0x82, &body)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut found = None;
-    while let Ok((kind, body)) = read_packet(&mut s) {
-        if kind >> 4 == 3 {
-            let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
-            let skip = 2 + tlen + if kind & 0x06 != 0 { 2 } else { 0 };
-            found = Some(body[skip..].to_vec());
-            break;
-        }
-    }
-    let _ = s.write_all(&[0xe0, 0]);
-    found
+    hex::decode(String::from_utf8_lossy(&out.stdout).trim()).ok()
 }
 
 /// Waits until a running device's retained presence card on the device plane says `online`

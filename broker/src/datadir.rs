@@ -117,6 +117,25 @@ pub fn init(dir: &Path, operator_plane: &str) -> Result<Initialized, DataDirErro
     })
 }
 
+/// Rewrites the first identities' `broker` address (used by `serve` when it initialized the
+/// folder with a port chosen by the OS, known only once the plane is bound).
+pub fn point_identities(dir: &Path, operator_plane: &str) -> Result<(), DataDirError> {
+    for file in [OPERATOR_IDENTITY, FACTORY_IDENTITY] {
+        let path = dir.join(file);
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(io(&path))?);
+        let mut identity = Identity::from_toml(&text).map_err(|e| DataDirError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        })?;
+        identity.broker = operator_plane.to_owned();
+        let tmp = path.with_extension("toml.new");
+        let _ = std::fs::remove_file(&tmp);
+        write_secret_file(&tmp, identity.to_toml().as_bytes())?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
 /// Reads the root secret from `<dir>/fleet.key`.
 pub fn load_root(dir: &Path) -> Result<RootSecret, DataDirError> {
     let path = dir.join(FLEET_KEY);

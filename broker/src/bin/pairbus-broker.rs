@@ -198,7 +198,8 @@ fn verify(data: &Path) -> Result<()> {
 }
 
 fn serve(cfg: pairbus_broker::config::ServeConfig) -> Result<()> {
-    if !cfg.data.join(datadir::FLEET_KEY).exists() {
+    let fresh = !cfg.data.join(datadir::FLEET_KEY).exists();
+    if fresh {
         let made = datadir::init(&cfg.data, &cfg.operator_listen.to_string())
             .with_context(|| format!("initializing {}", cfg.data.display()))?;
         tracing::info!(
@@ -220,6 +221,11 @@ fn serve(cfg: pairbus_broker::config::ServeConfig) -> Result<()> {
         root,
     )
     .context("starting the broker")?;
+    if fresh && cfg.operator_listen.port() == 0 {
+        // The identities were written before the OS chose the port: point them at it.
+        datadir::point_identities(&cfg.data, &bus.operator_addr().to_string())
+            .context("updating the first identities with the operator plane's port")?;
+    }
     println!(
         "pairbus broker ready: device plane {}, operator plane {}, HTTP http://{}, data {}",
         bus.device_addr(),

@@ -292,6 +292,38 @@ pub struct Logged {
     pub event: pairbus_schemas::Event,
 }
 
+/// The log's events signed by `kid`, as `(id hex, seq)` in log order, after checking that no
+/// event id appears twice anywhere in the log.
+pub fn device_events(log: &[Logged], kid: &str) -> Vec<(String, u64)> {
+    let mut seen = std::collections::HashMap::new();
+    for l in log {
+        if let Some(prev) = seen.insert(l.event.id, l.log_seq) {
+            panic!(
+                "event {} logged twice (log seqs {prev} and {})",
+                l.event.id, l.log_seq
+            );
+        }
+    }
+    log.iter()
+        .filter(|l| l.event.src.to_string() == kid)
+        .map(|l| (l.event.id.to_hex(), l.event.seq))
+        .collect()
+}
+
+/// Delivers what is still pending in `identity`'s outbox (`send`) and checks that nothing is
+/// left pending and nothing was refused. (The log can show an event before a stopped `run`
+/// got its confirmation; re-sending it is answered `already_committed`.)
+pub fn drain_outbox(identity: &Path) {
+    let o = agent(identity, &["send"]);
+    assert!(
+        o.contains("delivered:") || o.contains("0 event(s) pending"),
+        "{o}"
+    );
+    let listed = agent(identity, &["outbox"]);
+    assert!(!listed.contains("pending "), "all confirmed: {listed}");
+    assert!(!listed.contains("refused "), "none refused: {listed}");
+}
+
 /// The whole log of a stopped broker (`export --format jsonl`), every event opened and
 /// MAC-checked with the fleet root in `<data>/fleet.key`.
 pub fn logged_events(data: &Path) -> Vec<Logged> {

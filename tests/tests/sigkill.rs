@@ -3,10 +3,9 @@
 //! log verifies. (The seed of the moments is printed; set `PAIRBUS_SEED` to replay one.)
 
 use pairbus_tests::{
-    agent, agent_output, bin, logged_events, make, queued, verify, wait_until, Broker, Logged,
-    Made, Running,
+    agent, agent_output, bin, device_events, drain_outbox, logged_events, make, queued, verify,
+    wait_until, Broker, Made, Running,
 };
-use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -56,18 +55,6 @@ fn online_device(broker: &Broker, devices: &Path, serial: &str) -> (Made, (Strin
     assert!(o.contains("delivered: 1 event(s) committed"), "{o}");
     let q = queued(&o);
     (m, (q[0].1.clone(), q[0].2))
-}
-
-/// The log's events signed by `kid`: `(id hex, seq)` in log order; no id twice in the log.
-fn device_events(log: &[Logged], kid: &str) -> Vec<(String, u64)> {
-    let mut ids = HashSet::new();
-    for l in log {
-        assert!(ids.insert(l.event.id), "{} logged twice", l.event.id);
-    }
-    log.iter()
-        .filter(|l| l.event.src.to_string() == kid)
-        .map(|l| (l.event.id.to_hex(), l.event.seq))
-        .collect()
 }
 
 fn count_actions(broker: &Broker, id: &str) -> usize {
@@ -123,16 +110,7 @@ fn run_killed_with_sigkill_mid_publish_and_restarted_loses_and_duplicates_nothin
         count_actions(&broker, &m.id) == N
     });
     run.term();
-    // The log may hold an event whose confirmation `run` had not received yet when it was
-    // stopped: it is still pending, and re-sending it is answered `already_committed`.
-    let o = agent(&m.identity, &["send"]);
-    assert!(
-        o.contains("delivered:") || o.contains("0 event(s) pending"),
-        "{o}"
-    );
-    let listed = agent(&m.identity, &["outbox"]);
-    assert!(!listed.contains("pending "), "all confirmed: {listed}");
-    assert!(!listed.contains("refused "), "none refused: {listed}");
+    drain_outbox(&m.identity);
     let data = broker.data.clone();
     broker.stop();
 
@@ -179,14 +157,7 @@ fn one_shot_actions_killed_with_sigkill_mid_publish_lose_and_duplicate_nothing()
         printed.extend(queued(&out).into_iter().map(|(_, id, seq)| (id, seq)));
     }
     // Whatever is left is delivered by `send`.
-    let o = agent(&m.identity, &["send"]);
-    assert!(
-        o.contains("delivered:") || o.contains("0 event(s) pending"),
-        "{o}"
-    );
-    let listed = agent(&m.identity, &["outbox"]);
-    assert!(!listed.contains("pending "), "all confirmed: {listed}");
-    assert!(!listed.contains("refused "), "none refused: {listed}");
+    drain_outbox(&m.identity);
     let data = broker.data.clone();
     broker.stop();
 
@@ -263,14 +234,7 @@ fn run_killed_while_actions_are_being_handed_to_it_loses_and_duplicates_nothing(
         count_actions(&broker, &m.id) >= confirmed_by_cli.len() - 1
     });
     run.term();
-    let o = agent(&m.identity, &["send"]);
-    assert!(
-        o.contains("delivered:") || o.contains("0 event(s) pending"),
-        "{o}"
-    );
-    let listed = agent(&m.identity, &["outbox"]);
-    assert!(!listed.contains("pending "), "all confirmed: {listed}");
-    assert!(!listed.contains("refused "), "none refused: {listed}");
+    drain_outbox(&m.identity);
     let data = broker.data.clone();
     broker.stop();
 

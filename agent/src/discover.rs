@@ -121,6 +121,22 @@ impl Discovered {
         Ok(())
     }
 
+    /// Whether every device of `expected` has an online card.
+    pub fn all_online(&self, expected: &[String]) -> bool {
+        expected
+            .iter()
+            .all(|d| self.0.get(d).is_some_and(Card::online))
+    }
+
+    /// The devices of `expected` without an online card.
+    pub fn missing(&self, expected: &[String]) -> Vec<String> {
+        expected
+            .iter()
+            .filter(|d| !self.0.get(*d).is_some_and(Card::online))
+            .cloned()
+            .collect()
+    }
+
     /// The cards, by device id; only the online ones unless `all`.
     pub fn cards(&self, all: bool) -> Vec<Card> {
         self.0
@@ -133,8 +149,13 @@ impl Discovered {
 
 /// Connects to the identity's broker (an operator's: the operator plane), subscribes to every
 /// presence card and collects what arrives within `listen` after the subscription is
-/// acknowledged (the retained cards come at once).
-pub async fn discover(identity: &Identity, listen: Duration) -> Result<Discovered, AgentError> {
+/// acknowledged (the retained cards come at once), or until every device of `expect` is
+/// online if that list is not empty (the caller checks [`Discovered::missing`]).
+pub async fn discover(
+    identity: &Identity,
+    listen: Duration,
+    expect: &[String],
+) -> Result<Discovered, AgentError> {
     let (host, port) = parse_broker(&identity.broker)?;
     let kid = identity.kid.to_string();
     let client_id = format!("{kid}-discover-{}", hex::encode(sys::random::<4>()));
@@ -171,10 +192,16 @@ pub async fn discover(identity: &Identity, listen: Duration) -> Result<Discovere
             }
             Event::Incoming(Packet::SubAck(_)) => {
                 until = Some(tokio::time::Instant::now() + listen);
+                if !expect.is_empty() && seen.all_online(expect) {
+                    break;
+                }
             }
             Event::Incoming(Packet::Publish(p)) => {
                 if let Err(e) = seen.add(&p.topic, &p.payload) {
                     tracing::warn!(error = %e, "presence card ignored");
+                }
+                if !expect.is_empty() && until.is_some() && seen.all_online(expect) {
+                    break;
                 }
             }
             _ => {}
@@ -214,8 +241,12 @@ mod tests {
         assert!(seen.cards(false).is_empty());
         assert_eq!(seen.cards(true)[0].status, "offline");
         // A cleared card removes it.
+        assert_eq!(seen.missing(&[D.to_owned()]), vec![D.to_owned()]);
         seen.add(&topic(D), b"").unwrap();
         assert!(seen.cards(true).is_empty());
+        seen.add(&topic(D), on.as_bytes()).unwrap();
+        assert!(seen.all_online(&[D.to_owned()]));
+        assert!(!seen.all_online(&[D.to_owned(), "0000000000000001".to_owned()]));
     }
 
     #[test]

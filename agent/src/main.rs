@@ -202,9 +202,12 @@ enum Cmd {
     /// (operator) List the devices online, from the retained presence cards their running
     /// agents publish (mirrored on the operator plane by the broker).
     Discover {
-        /// Seconds to listen for cards after subscribing.
+        /// Seconds to listen for cards after subscribing (with --expect: the longest wait).
         #[arg(long, default_value_t = 2)]
         timeout: u64,
+        /// Wait until this device is online (repeatable); fail if it is not within --timeout.
+        #[arg(long = "expect", value_name = "DEVICE_ID")]
+        expect: Vec<String>,
         /// Also list the devices whose last card says offline.
         #[arg(long)]
         all: bool,
@@ -614,10 +617,19 @@ fn real_main(cli: Cli) -> Result<()> {
             operator_event(&ctx, draft::revoked(parse_device(&device)?, reason))
         }
         Cmd::Run { resend_after } => run_device(&ctx, resend_after),
-        Cmd::Discover { timeout, all, json } => {
+        Cmd::Discover {
+            timeout,
+            expect,
+            all,
+            json,
+        } => {
+            for d in &expect {
+                parse_device(d)?;
+            }
             let seen = runtime()?.block_on(discover::discover(
                 &ctx.identity,
                 Duration::from_secs(timeout),
+                &expect,
             ))?;
             let cards = seen.cards(all);
             if json {
@@ -628,6 +640,13 @@ fn real_main(cli: Cli) -> Result<()> {
                 for c in &cards {
                     println!("{}", c.line());
                 }
+            }
+            let missing = seen.missing(&expect);
+            if !missing.is_empty() {
+                bail!(
+                    "not online within {timeout} s: {} (is its `run` started, and pointed at this broker's device plane?)",
+                    missing.join(", ")
+                );
             }
             Ok(())
         }

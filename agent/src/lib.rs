@@ -8,7 +8,8 @@
 //! - a **factory station** (`factory:<name>`): [`factory`] makes devices (serial hash, device
 //!   id, identity file, signed QR code as PNG/SVG/terminal) and publishes `device.manufactured`;
 //! - an **operator** (`operator:<name>`): [`operator`] reads and checks QR codes (text or a
-//!   photo, [`qrimage`]), activates devices, requests pairings, revokes.
+//!   photo, [`qrimage`]), activates devices, requests pairings, revokes, and [`discover`]s the
+//!   devices online from their presence cards.
 //!
 //! Functional core, imperative shell: [`draft`] (event builders), [`device`] (state and
 //! reactions), [`outbox::resend_due`] and the QR checks are pure; sled lives in [`outbox`],
@@ -18,6 +19,7 @@
 
 pub mod control;
 pub mod device;
+pub mod discover;
 pub mod draft;
 pub mod error;
 pub mod factory;

@@ -4,6 +4,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use pairbus_agent::control;
 use pairbus_agent::device::{LocalCommand, SimulatedSensor};
+use pairbus_agent::discover;
 use pairbus_agent::draft::{self, ClientInfo, ManufactureSpec};
 use pairbus_agent::factory::{self, OutputPaths};
 use pairbus_agent::operator::{self, ActivationRecord};
@@ -198,6 +199,22 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         ttl: u64,
     },
+    /// (operator) List the devices online, from the retained presence cards their running
+    /// agents publish (mirrored on the operator plane by the broker).
+    Discover {
+        /// Seconds to listen for cards after subscribing (with --expect: the longest wait).
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
+        /// Wait until this device is online (repeatable); fail if it is not within --timeout.
+        #[arg(long = "expect", value_name = "DEVICE_ID")]
+        expect: Vec<String>,
+        /// Also list the devices whose last card says offline.
+        #[arg(long)]
+        all: bool,
+        /// Print a JSON array of the cards.
+        #[arg(long)]
+        json: bool,
+    },
     /// (any) Deliver every pending event and wait for the confirmations.
     Send,
     /// (any) List the events waiting for confirmation and those the broker refused.
@@ -237,6 +254,7 @@ impl Cmd {
             Cmd::Standalone { .. } => "standalone",
             Cmd::Revoke { .. } => "revoke",
             Cmd::Run { .. } => "run",
+            Cmd::Discover { .. } => "discover",
             Cmd::Action { .. } => "action",
             Cmd::Command { .. } => "command",
             Cmd::Send => "send",
@@ -249,7 +267,9 @@ impl Cmd {
         use PrincipalKind::*;
         match self {
             Cmd::Make { .. } | Cmd::Batch { .. } => &[Factory],
-            Cmd::Activate { .. } | Cmd::Pair { .. } | Cmd::Revoke { .. } => &[Operator],
+            Cmd::Activate { .. } | Cmd::Pair { .. } | Cmd::Revoke { .. } | Cmd::Discover { .. } => {
+                &[Operator]
+            }
             Cmd::Setup { .. } | Cmd::Unpair { .. } | Cmd::Standalone { .. } => &[Operator, Device],
             Cmd::Run { .. } | Cmd::Action { .. } | Cmd::Command { .. } => &[Device],
             Cmd::Send | Cmd::Outbox | Cmd::Token { .. } => &[Factory, Operator, Device],
@@ -267,6 +287,7 @@ fn commands_for(kind: PrincipalKind) -> String {
         "unpair",
         "standalone",
         "revoke",
+        "discover",
         "run",
         "action",
         "command",
@@ -276,7 +297,7 @@ fn commands_for(kind: PrincipalKind) -> String {
     ];
     let allowed = |c: &str| match c {
         "make" | "batch" => kind == PrincipalKind::Factory,
-        "activate" | "pair" | "revoke" => kind == PrincipalKind::Operator,
+        "activate" | "pair" | "revoke" | "discover" => kind == PrincipalKind::Operator,
         "setup" | "unpair" | "standalone" => {
             matches!(kind, PrincipalKind::Operator | PrincipalKind::Device)
         }
@@ -596,6 +617,39 @@ fn real_main(cli: Cli) -> Result<()> {
             operator_event(&ctx, draft::revoked(parse_device(&device)?, reason))
         }
         Cmd::Run { resend_after } => run_device(&ctx, resend_after),
+        Cmd::Discover {
+            timeout,
+            expect,
+            all,
+            json,
+        } => {
+            for d in &expect {
+                parse_device(d)?;
+            }
+            let seen = runtime()?.block_on(discover::discover(
+                &ctx.identity,
+                Duration::from_secs(timeout),
+                &expect,
+            ))?;
+            let cards = seen.cards(all);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cards)?);
+            } else if cards.is_empty() {
+                println!("no device online");
+            } else {
+                for c in &cards {
+                    println!("{}", c.line());
+                }
+            }
+            let missing = seen.missing(&expect);
+            if !missing.is_empty() {
+                bail!(
+                    "not online within {timeout} s: {} (is its `run` started, and pointed at this broker's device plane?)",
+                    missing.join(", ")
+                );
+            }
+            Ok(())
+        }
         Cmd::Action {
             action,
             meta,

@@ -134,7 +134,7 @@ fn commands_are_refused_for_the_wrong_kind_of_principal() {
             "f",
         ],
     ));
-    assert!(e.contains("(an operator); an operator may run: activate, setup, pair, unpair, standalone, revoke, send, outbox"), "{e}");
+    assert!(e.contains("(an operator); an operator may run: activate, setup, pair, unpair, standalone, revoke, discover, send, outbox"), "{e}");
     let e = fails(agent(&op, &["setup", "--owner", "ann"]));
     assert!(e.contains("needs --device"), "{e}");
     let e = fails(agent(&dir.path().join("missing.toml"), &["send"]));

@@ -9,6 +9,7 @@ use crate::log::{LogConfig, LogError, SledLog};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::{authenticate, PlaneKind};
 use crate::mqtt::plane::{AuthFn, Plane, PlaneError, PlaneSettings};
+use crate::presence::PresenceMirror;
 use crate::replay::Replay;
 use pairbus_schemas::{RootSecret, Topic};
 use std::net::SocketAddr;
@@ -58,6 +59,7 @@ pub struct Bus {
     operator: Plane,
     ingest: Ingest,
     replay: Replay,
+    presence: PresenceMirror,
     http: http::HttpServer,
     log: Arc<SledLog>,
     metrics: Arc<Metrics>,
@@ -176,6 +178,7 @@ impl Bus {
             Some(hook),
         )?;
         let replay = Replay::start(&operator, log.clone(), root.clone(), metrics.clone())?;
+        let presence = PresenceMirror::start(&device, &operator)?;
         let http = http::HttpServer::start(
             settings.http_listen,
             http::AppState {
@@ -196,6 +199,7 @@ impl Bus {
             operator,
             ingest,
             replay,
+            presence,
             http,
             log,
             metrics,
@@ -239,6 +243,7 @@ impl Bus {
         self.operator.shutdown();
         self.ingest.stop();
         self.replay.stop();
+        self.presence.stop();
         self.http.shutdown();
         // Every acknowledged commit is already durable; dropping the log closes sled.
     }

@@ -16,5 +16,6 @@ pub mod journal;
 pub mod log;
 pub mod metrics;
 pub mod mqtt;
+pub mod presence;
 pub mod relay;
 pub mod replay;

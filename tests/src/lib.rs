@@ -561,3 +561,23 @@ pub fn make(
         out: text,
     }
 }
+
+/// The Python of the interop tests' venv (`PAIRBUS_PYTHON`, made by
+/// `tests/interop/setup-venv.sh`); `None` (the test is skipped, with a note) when unset,
+/// except under CI (`CI` set), where a missing Python is a failure.
+pub fn python(what: &str) -> Option<String> {
+    match std::env::var("PAIRBUS_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "PAIRBUS_PYTHON is not set, but CI is: .ci/run should have set it to the python of \
+             the venv made by tests/interop/setup-venv.sh"
+        ),
+        _ => {
+            eprintln!(
+                "skipped: set PAIRBUS_PYTHON to a python with pycose 1.1, cbor2, cryptography and \
+                 paho-mqtt (PAIRBUS_PYTHON=$(tests/interop/setup-venv.sh)) to run {what}"
+            );
+            None
+        }
+    }
+}

@@ -15,23 +15,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-fn python() -> Option<String> {
-    match std::env::var("PAIRBUS_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "PAIRBUS_PYTHON is not set, but CI is: .ci/run should have set it to the python of \
-             the venv made by tests/interop/setup-venv.sh"
-        ),
-        _ => {
-            eprintln!(
-                "skipped: set PAIRBUS_PYTHON to a python with pycose 1.1, cbor2 and cryptography \
-                 (PAIRBUS_PYTHON=$(tests/interop/setup-venv.sh)) to run the pycose interop test"
-            );
-            None
-        }
-    }
-}
-
 struct PyEnvelope {
     kid: String,
     root_secret_hex: String,
@@ -79,7 +62,7 @@ fn run_python(python: &str) -> PyEnvelope {
 
 #[test]
 fn pycose_envelope_opens_with_open_event() -> Result<(), Box<dyn std::error::Error>> {
-    let Some(python) = python() else {
+    let Some(python) = pairbus_tests::python("the pycose interop test") else {
         return Ok(());
     };
     let py = run_python(&python);

@@ -204,7 +204,10 @@ mod tests {
         let replayed = b.accept(&s1, &m, nonce);
         let p = fold(&b);
         assert!(manages(&p, &m, &[s1.clone(), s2.clone()]).is_ok());
-        assert!(manages(&p, &m, std::slice::from_ref(&s1)).is_err(), "exactly");
+        assert!(
+            manages(&p, &m, std::slice::from_ref(&s1)).is_err(),
+            "exactly"
+        );
         assert!(manages(&p, &s1, &[]).is_ok());
         assert!(state_is(&p, &s2, DeviceState::Paired).is_ok());
         assert!(refused_with_alert(&p, &s1, &replayed.id, Code::NonceReused).is_ok());

@@ -66,6 +66,9 @@ enum Command {
         /// Seconds to wait for each step before declaring it failed.
         #[arg(long, default_value_t = 20)]
         timeout: u64,
+        /// After the story, keep the bus running (to explore it) until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
     },
     /// Re-check the whole log offline: every hash link, every MAC, every checkpoint.
     /// (The broker must not be running on the same folder: sled allows one process.)
@@ -114,7 +117,11 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Demo { data, timeout } => demo(data, timeout),
+        Command::Demo {
+            data,
+            timeout,
+            keep_running,
+        } => demo(data, timeout, keep_running),
         Command::Init {
             data,
             operator_addr,
@@ -184,16 +191,14 @@ fn main() -> Result<()> {
     }
 }
 
-fn demo(data: PathBuf, timeout: u64) -> Result<()> {
+fn demo(data: PathBuf, timeout: u64, keep_running: bool) -> Result<()> {
     let opts = pairbus_broker::demo::DemoOptions {
         data,
         timeout: std::time::Duration::from_secs(timeout.max(1)),
+        keep_running,
     };
     match pairbus_broker::demo::run(&opts) {
-        Ok(summary) => {
-            println!("\n{}", summary.line());
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         Err(e) => {
             println!("\ndemo FAILED: {e}");
             bail!("demo failed: {e}")

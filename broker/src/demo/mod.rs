@@ -50,6 +50,8 @@ pub struct DemoOptions {
     pub data: PathBuf,
     /// How long to wait for each step before declaring it failed.
     pub timeout: Duration,
+    /// After a successful story, keep the bus running (to explore it) until Ctrl-C / SIGTERM.
+    pub keep_running: bool,
 }
 
 /// Why the demo failed.
@@ -135,8 +137,9 @@ impl Summary {
     }
 }
 
-/// Runs the demo: prints the story on stdout and returns the summary if every expectation
-/// held. The bus is shut down before returning, whatever happened.
+/// Runs the demo: prints the story on stdout, ending with the summary line, and returns the
+/// summary if every expectation held. With [`DemoOptions::keep_running`] the bus then stays
+/// up until Ctrl-C or SIGTERM. The bus is shut down before returning, whatever happened.
 pub fn run(opts: &DemoOptions) -> Result<Summary, DemoError> {
     let started = Instant::now();
     let n = Narrator::default();
@@ -195,8 +198,40 @@ pub fn run(opts: &DemoOptions) -> Result<Summary, DemoError> {
                 secs: started.elapsed().as_secs_f64(),
             })
         });
+    let result = result.and_then(|summary| {
+        n.summary(&summary.line());
+        if opts.keep_running {
+            n.step(&format!(
+                "the bus keeps running until Ctrl-C: device plane {}, operator plane {}, HTTP http://{}; for example\n       PAIRBUS_API=http://{} PAIRBUS_TOKEN=\"$(pairbus-agent --identity {} token --bearer)\" pairbus-projector graph",
+                bus.device_addr(),
+                bus.operator_addr(),
+                bus.http_addr(),
+                bus.http_addr(),
+                opts.data.join(datadir::OPERATOR_IDENTITY).display()
+            ));
+            wait_for_signal()?;
+        }
+        Ok(summary)
+    });
     bus.shutdown();
     result
+}
+
+/// Blocks until Ctrl-C or SIGTERM.
+fn wait_for_signal() -> Result<(), DemoError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DemoError::Runtime)?
+        .block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r,
+                _ = term.recv() => Ok(()),
+            }
+        })
+        .map_err(DemoError::Runtime)
 }
 
 /// Creates the data folder (fleet key, first identities) or reuses it; returns the root.

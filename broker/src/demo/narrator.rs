@@ -39,6 +39,11 @@ impl Narrator {
         }
     }
 
+    /// The closing line.
+    pub fn summary(&self, s: &str) {
+        say(&format!("\n{s}"));
+    }
+
     /// Checks an expectation now: counted if it holds, the demo's error if not.
     pub fn expect(&self, what: &str, check: Check) -> Result<(), DemoError> {
         check.map_err(|why| DemoError::Expectation {

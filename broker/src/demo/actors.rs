@@ -16,6 +16,19 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+/// The one event an action produced (each step's actions make exactly one).
+pub fn single(evs: Vec<Event>) -> Result<Event, DemoError> {
+    let n = evs.len();
+    let mut it = evs.into_iter();
+    match (it.next(), it.next()) {
+        (Some(e), None) => Ok(e),
+        _ => Err(DemoError::Expectation {
+            what: "one event queued".into(),
+            why: format!("{n} queued"),
+        }),
+    }
+}
+
 /// One principal online: its session task, its outbox, and (a device) its control channel.
 pub struct Principal {
     /// Who it is.
@@ -141,5 +154,28 @@ impl Principal {
             Ok(r) => Ok(r?),
             Err(e) => Err(DemoError::Stopped(format!("{}: {e}", self.identity.kid))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pairbus_schemas::event::{Body, ModeChanged};
+    use pairbus_schemas::{DeviceId, EventId};
+
+    #[test]
+    fn single_wants_exactly_one_event() {
+        let d = DeviceId::parse("0123456789abcdef").unwrap();
+        let ev = Event {
+            id: EventId([1; 16]),
+            src: d.kid(),
+            seq: 1,
+            ts: 5,
+            device: d,
+            body: Body::ModeChanged(ModeChanged),
+        };
+        assert_eq!(single(vec![ev.clone()]).unwrap(), ev);
+        assert!(single(vec![]).is_err());
+        assert!(single(vec![ev.clone(), ev]).is_err());
     }
 }

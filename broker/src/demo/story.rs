@@ -2,7 +2,7 @@
 //! the bus to show the result (the embedded projector's state, the log), checks it with
 //! [`super::expect`], and tells it.
 
-use super::actors::Principal;
+use super::actors::{single, Principal};
 use super::expect::{self, Check};
 use super::narrator::Narrator;
 use super::{forge, replay, DemoError};
@@ -384,7 +384,7 @@ async fn counterfeit(s: &Scene<'_>, cast: &Cast, run_dir: &Path) -> Result<(), D
             .map(|_| ())
             .map_err(|e| e.to_string()),
     )?;
-    let forged = cast.field.enqueue(vec![draft::activated(
+    let forged = single(cast.field.enqueue(vec![draft::activated(
         b.id.clone(),
         scanned.trim().to_owned(),
         "mallory".into(),
@@ -394,11 +394,13 @@ async fn counterfeit(s: &Scene<'_>, cast: &Cast, run_dir: &Path) -> Result<(), D
             user_agent: Some("pairbus-demo/field-station".into()),
             fingerprint: None,
         },
-    )])?;
-    cast.field.delivered(&forged, s.t).await?;
+    )])?)?;
+    cast.field
+        .delivered(std::slice::from_ref(&forged), s.t)
+        .await?;
     s.wait(
         "the projector refuses the counterfeit activation as forged_qr and raises an alert",
-        || s.p(|p| expect::refused_with_alert(p, &b.id, &forged[0].id, Code::ForgedQr)),
+        || s.p(|p| expect::refused_with_alert(p, &b.id, &forged.id, Code::ForgedQr)),
     )
     .await?;
     s.n.expect(
@@ -430,7 +432,7 @@ async fn activate(s: &Scene<'_>, cast: &Cast) -> Result<(), DemoError> {
         })
         .map_err(|e| AgentError::Corrupt(e.to_string()))?;
         let token = operator::new_activation_token(sys::random());
-        let evs = cast.operator.enqueue_with(
+        let ev = single(cast.operator.enqueue_with(
             vec![draft::activated(
                 d.id.clone(),
                 text.trim().to_owned(),
@@ -443,9 +445,11 @@ async fn activate(s: &Scene<'_>, cast: &Cast) -> Result<(), DemoError> {
                 },
             )],
             &[(key.as_str(), Some(record))],
-        )?;
-        cast.operator.delivered(&evs, s.t).await?;
-        s.accepted(&format!("{} activated", d.label), &d.id, &evs[0])
+        )?)?;
+        cast.operator
+            .delivered(std::slice::from_ref(&ev), s.t)
+            .await?;
+        s.accepted(&format!("{} activated", d.label), &d.id, &ev)
             .await?;
         s.state(
             &format!("{} activation pending", d.label),
@@ -469,16 +473,17 @@ async fn activate(s: &Scene<'_>, cast: &Cast) -> Result<(), DemoError> {
 async fn setup(s: &Scene<'_>, cast: &Cast) -> Result<(), DemoError> {
     s.n.step("each device completes setup itself: its own signed event proves it holds its key");
     for d in &cast.devices {
-        let evs = d
-            .online
-            .local(LocalCommand::Setup(draft::setup_completed(
-                d.id.clone(),
-                OWNER.into(),
-                Role::Owner,
-            )))
-            .await?;
-        d.online.delivered(&evs, s.t).await?;
-        s.accepted(&format!("{} setup", d.label), &d.id, &evs[0])
+        let ev = single(
+            d.online
+                .local(LocalCommand::Setup(draft::setup_completed(
+                    d.id.clone(),
+                    OWNER.into(),
+                    Role::Owner,
+                )))
+                .await?,
+        )?;
+        d.online.delivered(std::slice::from_ref(&ev), s.t).await?;
+        s.accepted(&format!("{} setup", d.label), &d.id, &ev)
             .await?;
         s.state(
             &format!("{} configured", d.label),
@@ -596,18 +601,19 @@ async fn commands(s: &Scene<'_>, cast: &Cast) -> Result<(), DemoError> {
         (SENSOR_B, Command::Status, Metadata::new()),
     ] {
         let tgt = &cast.devices[target];
-        let evs = hub
-            .online
-            .local(LocalCommand::Command(draft::command_issued(
-                hub.id.clone(),
-                tgt.id.clone(),
-                command,
-                params,
-                sys::now_ms(),
-                60_000,
-            )))
-            .await?;
-        let id = evs[0].id;
+        let id = single(
+            hub.online
+                .local(LocalCommand::Command(draft::command_issued(
+                    hub.id.clone(),
+                    tgt.id.clone(),
+                    command,
+                    params,
+                    sys::now_ms(),
+                    60_000,
+                )))
+                .await?,
+        )?
+        .id;
         s.wait(
             &format!("{} on {} completed", command.as_str(), tgt.label),
             || s.p(|p| expect::command_completed(p, &id)),
@@ -655,20 +661,21 @@ async fn actions(s: &Scene<'_>, cast: &Cast) -> Result<(), DemoError> {
         ),
     ] {
         let d = &cast.devices[i];
-        let evs = d
-            .online
-            .local(LocalCommand::Action(draft::action(
-                d.id.clone(),
-                action.into(),
-                m,
-                Some(ip.into()),
-                ua.map(str::to_owned),
-            )))
-            .await?;
-        s.accepted(&format!("{} {action}", d.label), &d.id, &evs[0])
+        let ev = single(
+            d.online
+                .local(LocalCommand::Action(draft::action(
+                    d.id.clone(),
+                    action.into(),
+                    m,
+                    Some(ip.into()),
+                    ua.map(str::to_owned),
+                )))
+                .await?,
+        )?;
+        s.accepted(&format!("{} {action}", d.label), &d.id, &ev)
             .await?;
         let shown = s
-            .seq_of(&d.id, &evs[0].id)
+            .seq_of(&d.id, &ev.id)
             .ok()
             .and_then(|seq| s.details(seq))
             .map_or(String::new(), |v| v["metadata"].to_string());
@@ -733,15 +740,17 @@ async fn replay_token(s: &Scene<'_>, cast: &Cast) -> Result<(), DemoError> {
         Ok(Body::PairingAccepted(acc)) => acc.nonce,
         _ => return Err(missing("its record does not decode as pairing.accepted")),
     };
-    let replayed = a.online.enqueue(vec![draft::pairing_accepted(
+    let replayed = single(a.online.enqueue(vec![draft::pairing_accepted(
         a.id.clone(),
         hub.id.clone(),
         nonce,
-    )])?;
-    a.online.delivered(&replayed, s.t).await?;
+    )])?)?;
+    a.online
+        .delivered(std::slice::from_ref(&replayed), s.t)
+        .await?;
     s.wait(
         "the projector refuses the replayed pairing token as nonce_reused and raises an alert",
-        || s.p(|p| expect::refused_with_alert(p, &a.id, &replayed[0].id, Code::NonceReused)),
+        || s.p(|p| expect::refused_with_alert(p, &a.id, &replayed.id, Code::NonceReused)),
     )
     .await?;
     let sensors = [a.id.clone(), cast.devices[SENSOR_B].id.clone()];

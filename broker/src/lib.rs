@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod config;
 pub mod datadir;
+pub mod demo;
 pub mod embedded;
 pub mod export;
 pub mod http;

@@ -8,6 +8,7 @@
 //! - [`publish`]: the audit-topic messages (topic, retain, JSON) for a batch of effects;
 //! - [`query`]: the read side shared by the CLI and (later) the HTTP API;
 //! - [`store`]: the shell that persists projections in sled with an atomic checkpoint;
+//! - [`text`]: the text renderings of `history` and `alerts` (CLI and `pairbus-broker demo`);
 //! - [`export`]: reading log export files (`cbor-seq`, `jsonl`) with chain verification;
 //! - [`testkit`]: generators of signed logs for tests and benchmarks.
 //!
@@ -25,6 +26,7 @@ pub mod publish;
 pub mod query;
 pub mod store;
 pub mod testkit;
+pub mod text;
 pub mod wire;
 
 pub use fold::{Config, Effect, KeyResolver, NoKeys, Projections, Projector};

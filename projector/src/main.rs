@@ -9,7 +9,6 @@
 //!   live projections; the answers are decoded into the same view types and printed by the
 //!   same code.
 
-use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use pairbus_projector::export::{read_records, write_records, Format};
 use pairbus_projector::fold::{Config, Projector, DEFAULT_CLAIM_WINDOW_MS};
@@ -176,10 +175,7 @@ fn parse_time(s: &str) -> Result<u64, Fail> {
 }
 
 fn time(ms: Option<u64>) -> String {
-    ms.and_then(|m| i64::try_from(m).ok())
-        .and_then(DateTime::<Utc>::from_timestamp_millis)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_else(|| "-".into())
+    pairbus_projector::text::time(ms)
 }
 
 fn projector(cli: &Cli) -> Result<Projector, Fail> {
@@ -587,48 +583,9 @@ fn render(cli: &Cli, resp: Response, o: &mut String) -> Result<(), Fail> {
             writeln!(o, "{} device(s)", v.len())?;
         }
         Response::Device(c) => print_card(o, &c)?,
-        Response::History(h) => {
-            for e in &h.entries {
-                let status = match &e.entry.refusal {
-                    None => "accepted".to_owned(),
-                    Some(r) => format!("REFUSED {}: {}", r.code.as_str(), r.detail),
-                };
-                let gap = e
-                    .entry
-                    .gap
-                    .map(|g| format!(" [seq gap: expected {}, got {}]", g.expected, g.got))
-                    .unwrap_or_default();
-                writeln!(
-                    o,
-                    "#{:<8} {}  {:<22} {:<26} {}{}",
-                    e.entry.seq,
-                    time(Some(e.entry.received_at)),
-                    e.entry.event_type.map_or("(undecodable)", |t| t.as_str()),
-                    e.entry.src.as_ref().map_or("-".into(), |s| s.to_string()),
-                    status,
-                    gap
-                )?;
-                if let Some(d) = &e.details {
-                    writeln!(o, "          {d}")?;
-                }
-            }
-            writeln!(o, "{} entr(y/ies) for {}", h.entries.len(), h.device)?;
-        }
+        Response::History(h) => o.push_str(&pairbus_projector::text::history(&h)),
         Response::Graph(g) => write!(o, "{}", to_text(&g))?,
-        Response::Alerts(v) => {
-            for a in &v {
-                writeln!(
-                    o,
-                    "#{:<8} {}  {:<20} {:<16} {}",
-                    a.seq,
-                    time(Some(a.at)),
-                    a.code.as_str(),
-                    a.device.as_ref().map_or("-".into(), |d| d.to_string()),
-                    a.detail
-                )?;
-            }
-            writeln!(o, "{} alert(s)", v.len())?;
-        }
+        Response::Alerts(v) => o.push_str(&pairbus_projector::text::alerts(&v)),
         Response::Stats(s) => {
             writeln!(o, "records folded: {}", s.last_seq)?;
             writeln!(o, "undecodable records: {}", s.undecodable)?;

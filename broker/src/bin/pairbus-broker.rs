@@ -1,4 +1,5 @@
-//! `pairbus-broker`: the main job (`serve`), and its offline tools (`init`, `verify`, `export`).
+//! `pairbus-broker`: the main job (`serve`), its offline tools (`init`, `verify`, `export`), and
+//! `demo`, the whole story in one command.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -53,6 +54,22 @@ enum Command {
         #[arg(long, env = "PAIRBUS_HTTP_LISTEN")]
         http_listen: Option<SocketAddr>,
     },
+    /// Play the whole story against the real bus, in this process, on ephemeral loopback
+    /// ports: three devices made with QR codes, activated from the images, set up, paired
+    /// (a hub and two sensors), commands and actions, then a forged QR code, a replayed event
+    /// and a replayed pairing token, all refused; prints each device's history, the pairing
+    /// graph and the alerts. Exits 0 only if every expectation held.
+    Demo {
+        /// The data folder (created if new, reused after: every run makes new devices).
+        #[arg(long, default_value = pairbus_broker::demo::DEFAULT_DEMO_DATA)]
+        data: PathBuf,
+        /// Seconds to wait for each step before declaring it failed.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+        /// After the story, keep the bus running (to explore it) until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+    },
     /// Re-check the whole log offline: every hash link, every MAC, every checkpoint.
     /// (The broker must not be running on the same folder: sled allows one process.)
     Verify {
@@ -86,14 +103,25 @@ enum ExportFormat {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The demo tells its story on stdout; its logs stay quiet unless asked for.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn,rumqttd=off",
+        _ => "info,rumqttd=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PAIRBUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Demo {
+            data,
+            timeout,
+            keep_running,
+        } => demo(data, timeout, keep_running),
         Command::Init {
             data,
             operator_addr,
@@ -159,6 +187,21 @@ fn main() -> Result<()> {
             };
             eprintln!("exported {n} records");
             Ok(())
+        }
+    }
+}
+
+fn demo(data: PathBuf, timeout: u64, keep_running: bool) -> Result<()> {
+    let opts = pairbus_broker::demo::DemoOptions {
+        data,
+        timeout: std::time::Duration::from_secs(timeout.max(1)),
+        keep_running,
+    };
+    match pairbus_broker::demo::run(&opts) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            println!("\ndemo FAILED: {e}");
+            bail!("demo failed: {e}")
         }
     }
 }

@@ -105,7 +105,7 @@ fn commands_are_refused_for_the_wrong_kind_of_principal() {
     );
     assert!(
         e.contains(
-            "a device may run: setup, unpair, standalone, run, action, command, send, outbox"
+            "a device may run: setup, unpair, standalone, run, health, action, command, send, outbox"
         ),
         "{e}"
     );

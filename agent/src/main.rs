@@ -534,12 +534,16 @@ fn real_main(cli: Cli) -> Result<()> {
                 user_agent,
                 fingerprint,
             };
+            let mut queued = false;
             for (text, check) in codes {
-                activate_one(&ctx, &outbox, text, check, &owner, &client, skip_activated)?;
+                queued |=
+                    activate_one(&ctx, &outbox, text, check, &owner, &client, skip_activated)?;
             }
-            println!(
-                "activation is pending until the device proves its key (e.g. its own `setup`)"
-            );
+            if queued {
+                println!(
+                    "activation is pending until the device proves its key (e.g. its own `setup`)"
+                );
+            }
             deliver(&ctx, outbox)
         }
         Cmd::Setup {
@@ -711,8 +715,8 @@ fn read_qr(
     Ok((text, check))
 }
 
-/// Queues the activation of a checked QR code; with `skip`, a QR code this operator already
-/// activated is skipped instead of refused.
+/// Queues the activation of a checked QR code (`true`); with `skip`, a QR code this operator
+/// already activated is skipped (`false`) instead of refused.
 fn activate_one(
     ctx: &Ctx,
     outbox: &Outbox,
@@ -721,13 +725,13 @@ fn activate_one(
     owner: &str,
     client: &ClientInfo,
     skip: bool,
-) -> Result<()> {
+) -> Result<bool> {
     let device = check.claims.device_id.clone();
     let key = operator::activation_key(&device);
     let previous = outbox.state_get::<ActivationRecord>(&key)?;
     if skip && previous.is_some() {
         println!("device {device} already activated by this operator: skipped");
-        return Ok(());
+        return Ok(false);
     }
     operator::check_not_reused(&device, previous)?;
     let token = operator::new_activation_token(sys::random());
@@ -762,7 +766,7 @@ fn activate_one(
     );
     println!("activation token (shown once, keep it): {}", token.as_str());
     print_queued(&evs);
-    Ok(())
+    Ok(true)
 }
 
 /// Where `make_one` writes a device's files.

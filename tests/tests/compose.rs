@@ -1001,7 +1001,8 @@ fn the_compose_scenario_runs_on_loopback() {
                         s.name
                     );
                 } else {
-                    assert!(stdout.contains("committed"), "{}:\n{stdout}", s.name);
+                    // Everything confirmed, not merely queued for a later run.
+                    assert!(stdout.contains("delivered: "), "{}:\n{stdout}", s.name);
                 }
             }
         } else {

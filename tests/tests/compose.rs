@@ -866,8 +866,8 @@ fn start_order(services: &BTreeMap<String, Service>) -> Vec<&Service> {
 /// `service:port` and health URL pointed at the broker's real addresses. The one-shot jobs run
 /// twice (re-running `docker compose up` must be safe); the device agents run until their
 /// health checks pass, and the broker's projector then shows both devices activated and
-/// configured by their own setup. (The standalone projector is left out: it is checked by
-/// its own crate.)
+/// configured by their own setup. The standalone projector runs too (on a free loopback port)
+/// until its health check passes, once this branch's binary has `pairbus-projector serve`.
 #[test]
 fn the_compose_scenario_runs_on_loopback() {
     let root = repo();
@@ -924,6 +924,18 @@ fn the_compose_scenario_runs_on_loopback() {
         "the broker service sets its three listeners: {addrs:?}"
     );
 
+    // Other services' own listeners (the standalone projector's): a free loopback port each,
+    // for the command and for its health URL.
+    let mut own: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for s in services.values().filter(|s| s.name != broker_svc.name) {
+        for l in s.listens(&mut Vec::new()) {
+            let real = format!("127.0.0.1:{}", pairbus_tests::free_port());
+            let m = own.entry(s.name.clone()).or_default();
+            m.insert(l.to_string(), real.clone());
+            m.insert(format!("127.0.0.1:{}", l.port()), real);
+        }
+    }
+
     let localize = |s: &Service, arg: &str| -> String {
         for v in &s.volumes {
             let parts: Vec<&str> = v.split(':').collect();
@@ -937,11 +949,22 @@ fn the_compose_scenario_runs_on_loopback() {
                 return format!("{}{}", host.display(), &arg[dst.len()..]);
             }
         }
+        // A whole `host:port` argument, or the authority of a URL.
+        let subst = |arg: &str, from: &str, to: &str| {
+            if arg == from {
+                to.to_owned()
+            } else {
+                arg.replace(&format!("//{from}/"), &format!("//{to}/"))
+            }
+        };
         let mut out = arg.to_owned();
         for (from, to) in &addrs {
             if s.name == broker_svc.name || !from.starts_with("127.0.0.1:") {
-                out = out.replace(from.as_str(), to);
+                out = subst(&out, from, to);
             }
+        }
+        for (from, to) in own.get(&s.name).into_iter().flatten() {
+            out = subst(&out, from, to);
         }
         out
     };
@@ -980,8 +1003,8 @@ fn the_compose_scenario_runs_on_loopback() {
                 std::fs::create_dir_all(tmp.path().join(src)).expect("volume folder");
             }
         }
-        if s.command[0] == "pairbus-projector" {
-            continue;
+        if s.command[0] == "pairbus-projector" && !projector_serve_known() {
+            continue; // Noted by the consistency test.
         }
         if s.one_shot() {
             for round in ["first", "second"] {
@@ -1014,6 +1037,9 @@ fn the_compose_scenario_runs_on_loopback() {
                 .expect("service starts");
             running.push(Child(child));
             pairbus_tests::wait_until(30, &format!("{} to be healthy", s.name), || healthy(s));
+            if s.command[0] != "pairbus-agent" {
+                continue;
+            }
             let identity = localize(s, &flag_values(&s.command, "--identity")[0]);
             let text = std::fs::read_to_string(&identity).expect("device identity");
             let identity = pairbus_schemas::identity::Identity::from_toml(&text).expect("identity");

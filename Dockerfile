@@ -6,6 +6,8 @@
 # --- builder: the release binaries, from the locked dependency set ---------------------------
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
+# The workspace's release profile keeps line tables for profiling; the image does not need them.
+ENV CARGO_PROFILE_RELEASE_DEBUG=0
 COPY . .
 # The cache mounts keep the registry and target/ between builds (BuildKit, the default builder).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

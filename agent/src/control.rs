@@ -24,7 +24,8 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireRequest {
-    /// `action`, `setup`, `command`, `unpair` or `standalone`.
+    /// `action`, `setup`, `command`, `unpair` or `standalone`; or `ping` (answered by the
+    /// socket itself with an empty `ok`: the agent is running).
     pub op: String,
     /// For `action`, `setup`, `command`: the event as a template (hex of its CBOR payload;
     /// its id, seq and ts are replaced).
@@ -170,13 +171,22 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<ControlRequest>) -> Result<()
                 },
                 Ok(_) => match serde_json::from_str::<WireRequest>(&line)
                     .map_err(|e| e.to_string())
-                    .and_then(|r| from_wire(&r))
-                {
+                    .and_then(|r| {
+                        if r.op == PING {
+                            Ok(None)
+                        } else {
+                            from_wire(&r).map(Some)
+                        }
+                    }) {
+                    Ok(None) => WireReply {
+                        ok: vec![],
+                        error: None,
+                    },
                     Err(e) => WireReply {
                         ok: vec![],
                         error: Some(format!("bad request: {e}")),
                     },
-                    Ok(cmd) => {
+                    Ok(Some(cmd)) => {
                         let (rtx, rrx) = oneshot::channel();
                         if tx.send(ControlRequest { cmd, reply: rtx }).await.is_err() {
                             WireReply {
@@ -209,6 +219,9 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<ControlRequest>) -> Result<()
     }
 }
 
+/// The request that only asks whether the agent is there.
+const PING: &str = "ping";
+
 /// Sends a command to the running session listening on `path` (blocking). `Ok(None)` when
 /// nothing listens there.
 #[cfg(unix)]
@@ -217,17 +230,40 @@ pub fn request(
     cmd: &LocalCommand,
     src: &Kid,
 ) -> Result<Option<WireReply>, AgentError> {
+    exchange(path, &to_wire(cmd, src), std::time::Duration::from_secs(30))
+}
+
+/// Asks the agent listening on `path` whether it is running (blocking, 5 s at most): `true`
+/// when it answers, `false` when nothing listens there.
+#[cfg(unix)]
+pub fn ping(path: &Path) -> Result<bool, AgentError> {
+    let req = WireRequest {
+        op: PING.into(),
+        template: None,
+        peer: None,
+    };
+    match exchange(path, &req, std::time::Duration::from_secs(5))? {
+        None => Ok(false),
+        Some(WireReply { error: None, .. }) => Ok(true),
+        Some(WireReply { error: Some(e), .. }) => Err(AgentError::Control(e)),
+    }
+}
+
+/// One request line out, one reply line back; `Ok(None)` when nothing listens on `path`.
+#[cfg(unix)]
+fn exchange(
+    path: &Path,
+    req: &WireRequest,
+    timeout: std::time::Duration,
+) -> Result<Option<WireReply>, AgentError> {
     use std::io::{BufRead, BufReader, Write};
     let mut stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(s) => s,
         Err(_) => return Ok(None),
     };
     let io = |e: std::io::Error| AgentError::Control(e.to_string());
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .map_err(io)?;
-    let mut line = serde_json::to_string(&to_wire(cmd, src))
-        .map_err(|e| AgentError::Control(e.to_string()))?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_string(req).map_err(|e| AgentError::Control(e.to_string()))?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
@@ -242,6 +278,30 @@ mod tests {
     use super::*;
     use crate::draft;
     use pairbus_schemas::event::Metadata;
+
+    #[cfg(unix)]
+    #[test]
+    fn ping_answers_only_when_an_agent_serves_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        assert!(!ping(&path).unwrap(), "nothing listens yet");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let server = rt.spawn(serve(path.clone(), tx));
+        // The socket file appears at bind, just before listen: poll, bounded.
+        let answered = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            ping(&path).unwrap()
+        });
+        assert!(answered, "the served socket answers the ping");
+        // A ping never reaches the session.
+        assert!(rx.try_recv().is_err());
+        server.abort();
+    }
 
     #[test]
     fn wire_round_trip() {

@@ -143,11 +143,49 @@ pub struct OutputPaths {
 impl OutputPaths {
     /// The default paths in `dir`: `<device_id>.toml`, `.png`, `.svg`.
     pub fn in_dir(dir: &Path, device_id: &DeviceId) -> Self {
+        Self::named(dir, device_id.as_str())
+    }
+
+    /// The paths in `dir` for a chosen base name (see [`check_file_stem`]): `<stem>.toml`,
+    /// `.png`, `.svg`.
+    pub fn named(dir: &Path, stem: &str) -> Self {
         OutputPaths {
-            identity: dir.join(format!("{device_id}.toml")),
-            png: Some(dir.join(format!("{device_id}.png"))),
-            svg: Some(dir.join(format!("{device_id}.svg"))),
+            identity: dir.join(format!("{stem}.toml")),
+            png: Some(dir.join(format!("{stem}.png"))),
+            svg: Some(dir.join(format!("{stem}.svg"))),
         }
+    }
+}
+
+/// Checks a file base name chosen for a device's files: 1 to 64 characters of
+/// `[A-Za-z0-9_.-]`, not starting with a dot (no paths, no hidden files).
+pub fn check_file_stem(stem: &str) -> Result<(), AgentError> {
+    let ok = !stem.is_empty()
+        && stem.len() <= 64
+        && !stem.starts_with('.')
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::Invalid(format!(
+            "file name `{stem}`: 1 to 64 characters of A-Z a-z 0-9 _ . - not starting with a dot"
+        )))
+    }
+}
+
+/// Decides whether a device was already made (for `--skip-existing`): `existing` is the
+/// identity file found where `made` would be written. The same identity: already made;
+/// another one: an error (that file belongs to a different device or fleet).
+pub fn already_made(existing: Option<&Identity>, made: &Identity) -> Result<bool, AgentError> {
+    match existing {
+        None => Ok(false),
+        Some(e) if e.kid == made.kid && e.key == made.key => Ok(true),
+        Some(e) => Err(AgentError::Invalid(format!(
+            "an identity file for {} is already where {} would be written",
+            e.kid, made.kid
+        ))),
     }
 }
 
@@ -178,10 +216,12 @@ pub struct BatchRow {
     pub name: Option<String>,
     /// Components `kind=spec` separated by `;`.
     pub components: Vec<String>,
+    /// Base name of the device's files (empty: the device id).
+    pub file: Option<String>,
 }
 
 /// Parses a batch CSV: a header naming at least `serial` and `type` (also `model`, `name`,
-/// `components`, in any order); comma-separated, no quoting; `#` lines and blank lines skipped.
+/// `components`, `file`, in any order); comma-separated, no quoting; `#` lines and blank lines skipped.
 pub fn parse_batch_csv(text: &str) -> Result<Vec<BatchRow>, AgentError> {
     let mut lines = text
         .lines()
@@ -198,10 +238,11 @@ pub fn parse_batch_csv(text: &str) -> Result<Vec<BatchRow>, AgentError> {
     let col = |name: &str| cols.iter().position(|c| c == name);
     let (Some(serial_i), Some(type_i)) = (col("serial"), col("type")) else {
         return Err(AgentError::Invalid(
-            "batch CSV header must name the columns `serial` and `type` (optional: model, name, components)".into(),
+            "batch CSV header must name the columns `serial` and `type` (optional: model, name, components, file)".into(),
         ));
     };
-    let (model_i, name_i, comp_i) = (col("model"), col("name"), col("components"));
+    let (model_i, name_i, comp_i, file_i) =
+        (col("model"), col("name"), col("components"), col("file"));
     let mut rows = Vec::new();
     for (line, l) in lines {
         let fields: Vec<&str> = l.split(',').map(str::trim).collect();
@@ -236,6 +277,7 @@ pub fn parse_batch_csv(text: &str) -> Result<Vec<BatchRow>, AgentError> {
                         .collect()
                 })
                 .unwrap_or_default(),
+            file: get(file_i),
         });
     }
     Ok(rows)
@@ -303,5 +345,46 @@ mod tests {
         assert!(parse_batch_csv("sn,type\n").is_err());
         assert!(parse_batch_csv("serial,type\n,phone\n").is_err());
         assert!(parse_batch_csv("serial,type\na,b,c\n").is_err());
+        let rows = parse_batch_csv("serial,type,file\nA1,phone,manager\nA2,sensor\n").unwrap();
+        assert_eq!(rows[0].file.as_deref(), Some("manager"));
+        assert_eq!(rows[1].file, None);
+    }
+
+    #[test]
+    fn chosen_file_names() {
+        for ok in ["manager", "sensor-1", "a.b_c", "X"] {
+            assert!(check_file_stem(ok).is_ok(), "{ok}");
+            let p = OutputPaths::named(Path::new("/d"), ok);
+            assert_eq!(p.identity, Path::new("/d").join(format!("{ok}.toml")));
+            assert_eq!(p.png, Some(Path::new("/d").join(format!("{ok}.png"))));
+        }
+        let long = "a".repeat(65);
+        for bad in ["", ".hidden", "../x", "a/b", "sp ace", long.as_str()] {
+            let e = check_file_stem(bad).unwrap_err().to_string();
+            assert!(e.contains("file name"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn already_made_only_for_the_same_identity() {
+        let root = RootSecret::from_bytes([5; 32]);
+        let ident = |kid: &str| {
+            let kid = Kid::parse(kid).unwrap();
+            Identity {
+                key: root.derive(&kid),
+                kid,
+                broker: "b:1".into(),
+            }
+        };
+        let made = ident("device:0123456789abcdef");
+        assert!(!already_made(None, &made).unwrap());
+        assert!(already_made(Some(&made), &made).unwrap());
+        // Same kid, another fleet's key; or another device: not ours to skip.
+        let mut foreign = made.clone();
+        foreign.key = RootSecret::from_bytes([6; 32]).derive(&made.kid);
+        assert!(already_made(Some(&foreign), &made).is_err());
+        let other = ident("device:0123456789abcdee");
+        let e = already_made(Some(&other), &made).unwrap_err().to_string();
+        assert!(e.contains("0123456789abcdee"), "{e}");
     }
 }

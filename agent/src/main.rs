@@ -29,6 +29,10 @@ struct Cli {
     /// The identity file (TOML: kid, key, broker).
     #[arg(long, short, env = "PAIRBUS_IDENTITY", global = true)]
     identity: Option<PathBuf>,
+    /// The broker to connect to (`host:port`), instead of the identity file's `broker`
+    /// (e.g. `broker:1884` inside docker compose).
+    #[arg(long, env = "PAIRBUS_BROKER", global = true)]
+    broker: Option<String>,
     /// The outbox directory (default: `<identity file>.outbox`).
     #[arg(long, global = true)]
     data: Option<PathBuf>,
@@ -71,6 +75,10 @@ enum Cmd {
         /// Directory for the device's files.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Base name of the device's files in --out (`<FILE>.toml`, `.png`, `.svg`) instead
+        /// of its id, which derives from the serial and the fleet key.
+        #[arg(long)]
+        file: Option<String>,
         /// QR code lifetime in seconds (default 10 years).
         #[arg(long, default_value_t = DEFAULT_QR_TTL_SECS)]
         ttl: u64,
@@ -80,7 +88,7 @@ enum Cmd {
         #[arg(long)]
         no_terminal: bool,
     },
-    /// (factory) Make every device of a CSV file (header: serial,type[,model,name,components]).
+    /// (factory) Make every device of a CSV file (header: serial,type[,model,name,components,file]).
     Batch {
         /// The CSV file.
         #[arg(long)]
@@ -97,11 +105,11 @@ enum Cmd {
         #[command(flatten)]
         fleet: FleetArgs,
     },
-    /// (operator) Activate a device from its QR code (text, or a PNG/JPEG photo).
+    /// (operator) Activate devices from their QR codes (text, or PNG/JPEG photos).
     Activate {
-        /// The QR text (`PB1:…`) or an image file.
-        #[arg(long)]
-        qr: String,
+        /// The QR text (`PB1:…`) or an image file (repeatable: one device each).
+        #[arg(long, required = true)]
+        qr: Vec<String>,
         /// The new owner.
         #[arg(long)]
         owner: String,
@@ -118,6 +126,10 @@ enum Cmd {
         /// the MAC is then checked by the broker/projector).
         #[arg(long)]
         fleet_key: Option<PathBuf>,
+        /// Skip, instead of refusing, a QR code this operator already activated (makes a
+        /// provisioning job safe to re-run).
+        #[arg(long)]
+        skip_activated: bool,
     },
     /// (operator, device) Complete setup: `device.setup_completed`. Run by the device itself,
     /// it proves possession of its key after activation.
@@ -170,7 +182,15 @@ enum Cmd {
         /// Re-send unconfirmed events after this many seconds.
         #[arg(long, default_value_t = 10)]
         resend_after: u64,
+        /// At start, if this device has not completed setup yet, complete it for this owner
+        /// (`device.setup_completed`, the proof of possession that completes a pending
+        /// activation).
+        #[arg(long)]
+        owner: Option<String>,
     },
+    /// (device) Exit 0 if this device's `run` answers on its control socket, 1 otherwise
+    /// (a container health check).
+    Health,
     /// (device) Record an action (through the running agent if there is one).
     Action {
         /// What was done: voice_recording, qr_scan, login, file_upload, …
@@ -240,6 +260,10 @@ struct FleetArgs {
     /// The broker address written into the device's identity file.
     #[arg(long, default_value = "127.0.0.1:1883")]
     device_broker: String,
+    /// Skip, instead of refusing, a device whose identity file is already there with the
+    /// same identity (makes a factory job safe to re-run).
+    #[arg(long)]
+    skip_existing: bool,
 }
 
 impl Cmd {
@@ -255,6 +279,7 @@ impl Cmd {
             Cmd::Revoke { .. } => "revoke",
             Cmd::Run { .. } => "run",
             Cmd::Discover { .. } => "discover",
+            Cmd::Health => "health",
             Cmd::Action { .. } => "action",
             Cmd::Command { .. } => "command",
             Cmd::Send => "send",
@@ -271,7 +296,7 @@ impl Cmd {
                 &[Operator]
             }
             Cmd::Setup { .. } | Cmd::Unpair { .. } | Cmd::Standalone { .. } => &[Operator, Device],
-            Cmd::Run { .. } | Cmd::Action { .. } | Cmd::Command { .. } => &[Device],
+            Cmd::Run { .. } | Cmd::Action { .. } | Cmd::Command { .. } | Cmd::Health => &[Device],
             Cmd::Send | Cmd::Outbox | Cmd::Token { .. } => &[Factory, Operator, Device],
         }
     }
@@ -289,6 +314,7 @@ fn commands_for(kind: PrincipalKind) -> String {
         "revoke",
         "discover",
         "run",
+        "health",
         "action",
         "command",
         "send",
@@ -301,7 +327,7 @@ fn commands_for(kind: PrincipalKind) -> String {
         "setup" | "unpair" | "standalone" => {
             matches!(kind, PrincipalKind::Operator | PrincipalKind::Device)
         }
-        "run" | "action" | "command" => kind == PrincipalKind::Device,
+        "run" | "health" | "action" | "command" => kind == PrincipalKind::Device,
         _ => kind != PrincipalKind::Broker,
     };
     all.into_iter()
@@ -356,7 +382,11 @@ fn real_main(cli: Cli) -> Result<()> {
         .identity
         .clone()
         .ok_or_else(|| anyhow!("--identity FILE is required (or set PAIRBUS_IDENTITY)"))?;
-    let identity = load_identity(&path)?;
+    let mut identity = load_identity(&path)?;
+    if let Some(broker) = &cli.broker {
+        session::parse_broker(broker).map_err(|e| anyhow!("--broker: {e}"))?;
+        identity.broker.clone_from(broker);
+    }
     let kind = identity.kid.kind();
     if !cli.command.kinds().contains(&kind) {
         let who: Vec<&str> = cli.command.kinds().iter().map(|k| k.as_str()).collect();
@@ -399,6 +429,7 @@ fn real_main(cli: Cli) -> Result<()> {
             qr_png,
             qr_svg,
             out,
+            file,
             ttl,
             fleet,
             no_terminal,
@@ -414,7 +445,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 &ctx,
                 &outbox,
                 &root,
-                &fleet.device_broker,
+                &fleet,
                 &serial,
                 device_type,
                 model,
@@ -422,14 +453,19 @@ fn real_main(cli: Cli) -> Result<()> {
                 manufacturer,
                 comps,
                 ttl,
-                &out,
-                qr_png,
-                qr_svg,
+                Placement {
+                    out: &out,
+                    file,
+                    qr_png,
+                    qr_svg,
+                },
             )?;
-            if !no_terminal {
-                println!("{}", pairbus_agent::qrimage::to_terminal(&made.qr)?);
+            if let Some(made) = made {
+                if !no_terminal {
+                    println!("{}", pairbus_agent::qrimage::to_terminal(&made.qr)?);
+                }
+                println!("{}", made.qr);
             }
-            println!("{}", made.qr);
             deliver(&ctx, outbox)
         }
         Cmd::Batch {
@@ -462,7 +498,7 @@ fn real_main(cli: Cli) -> Result<()> {
                         &ctx,
                         &outbox,
                         &root,
-                        &fleet.device_broker,
+                        &fleet,
                         &row.serial,
                         row.device_type.clone(),
                         row.model.clone(),
@@ -470,13 +506,17 @@ fn real_main(cli: Cli) -> Result<()> {
                         manufacturer.clone(),
                         comps,
                         ttl,
-                        &out,
-                        None,
-                        None,
+                        Placement {
+                            out: &out,
+                            file: row.file.clone(),
+                            qr_png: None,
+                            qr_svg: None,
+                        },
                     )
                 });
                 match res {
-                    Ok(m) => bar.set_message(m.device_id.to_string()),
+                    Ok(Some(m)) => bar.set_message(m.device_id.to_string()),
+                    Ok(None) => {}
                     Err(e) => failed.push(format!("line {}: {e:#}", row.line)),
                 }
                 bar.inc(1);
@@ -498,61 +538,33 @@ fn real_main(cli: Cli) -> Result<()> {
             user_agent,
             fingerprint,
             fleet_key,
+            skip_activated,
         } => {
-            let text = if qr.starts_with(pairbus_schemas::qr::QR_PREFIX) {
-                qr
-            } else if Path::new(&qr).is_file() {
-                pairbus_agent::qrimage::read_image(Path::new(&qr))?
-                    .trim()
-                    .to_owned()
-            } else {
-                bail!("--qr: `{qr}` is neither QR text (PB1:…) nor an image file");
-            };
             let root = fleet_key
                 .as_deref()
                 .map(factory::read_fleet_key)
                 .transpose()?;
-            let check = operator::check_qr(&text, sys::now_secs(), root.as_ref())
-                .map_err(AgentError::from)?;
-            let device = check.claims.device_id.clone();
+            // Every QR code is checked before any activation is queued.
+            let codes = qr
+                .iter()
+                .map(|q| read_qr(q, root.as_ref()))
+                .collect::<Result<Vec<_>>>()?;
             let outbox = open_outbox(&ctx)?;
-            let key = operator::activation_key(&device);
-            operator::check_not_reused(&device, outbox.state_get::<ActivationRecord>(&key)?)?;
-            let token = operator::new_activation_token(sys::random());
-            let record = serde_json::to_vec(&ActivationRecord {
-                at_ms: sys::now_ms(),
-                owner: owner.clone(),
-            })?;
-            let evs = outbox.enqueue(
-                &ctx.identity,
-                vec![draft::activated(
-                    device.clone(),
-                    text,
-                    owner,
-                    &token,
-                    ClientInfo {
-                        ip,
-                        user_agent,
-                        fingerprint,
-                    },
-                )],
-                &[(key.as_str(), Some(record))],
-                sys::now_ms(),
-                sys::random,
-            )?;
-            println!(
-                "QR code ok: device {device} ({} {}), made by {}, expires at {} (Unix s); factory MAC {}",
-                check.claims.device_type,
-                check.claims.model,
-                check.factory,
-                check.claims.exp,
-                if check.mac_checked { "checked" } else { "not checked here (no --fleet-key): the broker/projector checks it" }
-            );
-            println!("activation token (shown once, keep it): {}", token.as_str());
-            println!(
-                "activation is pending until the device proves its key (e.g. its own `setup`)"
-            );
-            print_queued(&evs);
+            let client = ClientInfo {
+                ip,
+                user_agent,
+                fingerprint,
+            };
+            let mut queued = false;
+            for (text, check) in codes {
+                queued |=
+                    activate_one(&ctx, &outbox, text, check, &owner, &client, skip_activated)?;
+            }
+            if queued {
+                println!(
+                    "activation is pending until the device proves its key (e.g. its own `setup`)"
+                );
+            }
             deliver(&ctx, outbox)
         }
         Cmd::Setup {
@@ -616,7 +628,11 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Revoke { device, reason } => {
             operator_event(&ctx, draft::revoked(parse_device(&device)?, reason))
         }
-        Cmd::Run { resend_after } => run_device(&ctx, resend_after),
+        Cmd::Run {
+            resend_after,
+            owner,
+        } => run_device(&ctx, resend_after, owner),
+        Cmd::Health => health(&ctx),
         Cmd::Discover {
             timeout,
             expect,
@@ -734,12 +750,95 @@ fn real_main(cli: Cli) -> Result<()> {
     }
 }
 
+/// Reads a QR code (text, or an image file) and checks it (form, expiry, and the factory MAC
+/// when the fleet root is given).
+fn read_qr(
+    qr: &str,
+    root: Option<&pairbus_schemas::RootSecret>,
+) -> Result<(String, operator::QrCheck)> {
+    let text = if qr.starts_with(pairbus_schemas::qr::QR_PREFIX) {
+        qr.to_owned()
+    } else if Path::new(qr).is_file() {
+        pairbus_agent::qrimage::read_image(Path::new(qr))?
+            .trim()
+            .to_owned()
+    } else {
+        bail!("--qr: `{qr}` is neither QR text (PB1:…) nor an image file");
+    };
+    let check = operator::check_qr(&text, sys::now_secs(), root).map_err(AgentError::from)?;
+    Ok((text, check))
+}
+
+/// Queues the activation of a checked QR code (`true`); with `skip`, a QR code this operator
+/// already activated is skipped (`false`) instead of refused.
+fn activate_one(
+    ctx: &Ctx,
+    outbox: &Outbox,
+    text: String,
+    check: operator::QrCheck,
+    owner: &str,
+    client: &ClientInfo,
+    skip: bool,
+) -> Result<bool> {
+    let device = check.claims.device_id.clone();
+    let key = operator::activation_key(&device);
+    let previous = outbox.state_get::<ActivationRecord>(&key)?;
+    if skip && previous.is_some() {
+        println!("device {device} already activated by this operator: skipped");
+        return Ok(false);
+    }
+    operator::check_not_reused(&device, previous)?;
+    let token = operator::new_activation_token(sys::random());
+    let record = serde_json::to_vec(&ActivationRecord {
+        at_ms: sys::now_ms(),
+        owner: owner.to_owned(),
+    })?;
+    let evs = outbox.enqueue(
+        &ctx.identity,
+        vec![draft::activated(
+            device.clone(),
+            text,
+            owner.to_owned(),
+            &token,
+            client.clone(),
+        )],
+        &[(key.as_str(), Some(record))],
+        sys::now_ms(),
+        sys::random,
+    )?;
+    println!(
+        "QR code ok: device {device} ({} {}), made by {}, expires at {} (Unix s); factory MAC {}",
+        check.claims.device_type,
+        check.claims.model,
+        check.factory,
+        check.claims.exp,
+        if check.mac_checked {
+            "checked"
+        } else {
+            "not checked here (no --fleet-key): the broker/projector checks it"
+        }
+    );
+    println!("activation token (shown once, keep it): {}", token.as_str());
+    print_queued(&evs);
+    Ok(true)
+}
+
+/// Where `make_one` writes a device's files.
+struct Placement<'a> {
+    out: &'a Path,
+    /// Base name instead of the device id.
+    file: Option<String>,
+    qr_png: Option<PathBuf>,
+    qr_svg: Option<PathBuf>,
+}
+
+/// Makes one device; `None` when `--skip-existing` found it already made.
 #[allow(clippy::too_many_arguments)]
 fn make_one(
     ctx: &Ctx,
     outbox: &Outbox,
     root: &pairbus_schemas::RootSecret,
-    device_broker: &str,
+    fleet: &FleetArgs,
     serial: &str,
     device_type: String,
     model: Option<String>,
@@ -747,10 +846,8 @@ fn make_one(
     manufacturer: Option<String>,
     components: Vec<pairbus_schemas::event::Component>,
     ttl: u64,
-    out: &Path,
-    qr_png: Option<PathBuf>,
-    qr_svg: Option<PathBuf>,
-) -> Result<factory::MadeDevice> {
+    place: Placement,
+) -> Result<Option<factory::MadeDevice>> {
     factory::check_serial(serial)?;
     let device_id = pairbus_schemas::keys::device_id_from_serial_hash(&root.serial_hash(serial));
     let spec = ManufactureSpec {
@@ -766,17 +863,44 @@ fn make_one(
         &ctx.identity.key,
         serial,
         spec,
-        device_broker,
+        &fleet.device_broker,
         sys::now_secs(),
         ttl,
     )?;
+    let out = place.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut paths = OutputPaths::in_dir(out, &made.device_id);
-    if qr_png.is_some() {
-        paths.png = qr_png;
+    let mut paths = match &place.file {
+        Some(stem) => {
+            factory::check_file_stem(stem)?;
+            OutputPaths::named(out, stem)
+        }
+        None => OutputPaths::in_dir(out, &made.device_id),
+    };
+    if place.qr_png.is_some() {
+        paths.png = place.qr_png;
     }
-    if qr_svg.is_some() {
-        paths.svg = qr_svg;
+    if place.qr_svg.is_some() {
+        paths.svg = place.qr_svg;
+    }
+    if fleet.skip_existing {
+        let existing = match std::fs::read_to_string(&paths.identity) {
+            Ok(text) => Some(
+                Identity::from_toml(&zeroize::Zeroizing::new(text))
+                    .with_context(|| format!("identity file {}", paths.identity.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading {}", paths.identity.display()))
+            }
+        };
+        if factory::already_made(existing.as_ref(), &made.identity)? {
+            println!(
+                "device {} already made -> {}: skipped",
+                made.device_id,
+                paths.identity.display()
+            );
+            return Ok(None);
+        }
     }
     factory::write_outputs(&made, &paths).with_context(|| format!("device {}", made.device_id))?;
     let evs = session::enqueue(outbox, &ctx.identity, vec![made.draft.clone()])?;
@@ -786,7 +910,7 @@ fn make_one(
         paths.identity.display()
     );
     print_queued(&evs);
-    Ok(made)
+    Ok(Some(made))
 }
 
 fn parse_device(s: &str) -> Result<DeviceId> {
@@ -909,13 +1033,19 @@ fn deliver(ctx: &Ctx, outbox: Outbox) -> Result<()> {
     Ok(())
 }
 
-fn run_device(ctx: &Ctx, resend_after: u64) -> Result<()> {
+fn run_device(ctx: &Ctx, resend_after: u64, owner: Option<String>) -> Result<()> {
     let outbox = open_outbox(ctx)?;
-    if session::load_state(&outbox)?.revoked {
+    let state = session::load_state(&outbox)?;
+    if state.revoked {
         bail!(
             "{} has been revoked: its events are refused; it will not run",
             ctx.identity.kid
         );
+    }
+    if let Some(owner) = owner.filter(|_| !state.configured) {
+        let setup = draft::setup_completed(my_device(ctx)?, owner, Role::Owner);
+        let evs = session::enqueue_local(&outbox, &ctx.identity, LocalCommand::Setup(setup))?;
+        print_queued(&evs);
     }
     let opts = SessionOptions {
         resend_after: Duration::from_secs(resend_after.max(1)),
@@ -951,6 +1081,25 @@ fn run_device(ctx: &Ctx, resend_after: u64) -> Result<()> {
         report.reason, report.pending
     );
     Ok(())
+}
+
+/// `health`: asks the running agent over its control socket whether it is there.
+fn health(ctx: &Ctx) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let path = control::socket_path(&ctx.data);
+        if control::ping(&path)? {
+            println!("{} is running", ctx.identity.kid);
+            return Ok(());
+        }
+        bail!(
+            "no running agent answers on {} for {}",
+            path.display(),
+            ctx.identity.kid
+        )
+    }
+    #[cfg(not(unix))]
+    bail!("`health` needs the control socket (Unix only)")
 }
 
 async fn shutdown_signal() {

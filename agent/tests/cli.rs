@@ -105,7 +105,7 @@ fn commands_are_refused_for_the_wrong_kind_of_principal() {
     );
     assert!(
         e.contains(
-            "a device may run: setup, unpair, standalone, run, action, command, send, outbox"
+            "a device may run: setup, unpair, standalone, run, health, action, command, send, outbox"
         ),
         "{e}"
     );
@@ -467,6 +467,102 @@ impl Drop for Run {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The provisioning flags docker compose relies on: chosen file names, re-runnable factory and
+/// activation jobs, several QR codes in one `activate`, `--broker`, and `health`.
+#[test]
+fn provisioning_jobs_name_their_files_and_can_be_re_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let r = root();
+    let fleet = write_fleet(d, "fleet.key", &r);
+    let fleet = fleet.to_str().unwrap();
+    let fac = write_identity(d, "fac.toml", &r, "factory:line-3", "127.0.0.1:1");
+    let op = write_identity(d, "op.toml", &r, "operator:ops", "127.0.0.1:1");
+    let out_dir = d.join("devices");
+    let out_s = out_dir.to_str().unwrap();
+    let make = |serial: &str, file: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--wait",
+            "0",
+            "make",
+            "--serial",
+            serial,
+            "--type",
+            "sensor",
+            "--out",
+            out_s,
+            "--file",
+            file,
+            "--fleet-key",
+            fleet,
+            "--no-terminal",
+        ];
+        args.extend(extra);
+        agent(&fac, &args)
+    };
+
+    // --broker must be host:port.
+    let e = fails(agent(&op, &["--broker", "nowhere", "token"]));
+    assert!(e.contains("--broker") && e.contains("host:port"), "{e}");
+    // A chosen file name, never a path.
+    let e = fails(make("P-1", "../escape", &[]));
+    assert!(e.contains("file name `../escape`"), "{e}");
+
+    let out = ok(make("P-1", "manager", &[]));
+    assert_eq!(queued(&out).len(), 1);
+    let id = Identity::from_toml(&std::fs::read_to_string(out_dir.join("manager.toml")).unwrap())
+        .unwrap();
+    assert!(out.contains(&format!("made device {}", id.kid.device_id().unwrap())));
+    assert!(out_dir.join("manager.png").is_file() && out_dir.join("manager.svg").is_file());
+    // Again: refused by default, skipped with --skip-existing (nothing queued).
+    fails(make("P-1", "manager", &[]));
+    let again = ok(make("P-1", "manager", &["--skip-existing"]));
+    assert!(
+        again.contains("already made") && queued(&again).is_empty(),
+        "{again}"
+    );
+    // Another device where that file is: still an error.
+    let e = fails(make("P-2", "manager", &["--skip-existing"]));
+    assert!(e.contains("already where"), "{e}");
+    ok(make("P-2", "sensor", &[]));
+
+    // One activation per --qr; a bad code among them queues nothing at all.
+    let png = |f: &str| out_dir.join(f).to_str().unwrap().to_owned();
+    let (m, s) = (png("manager.png"), png("sensor.png"));
+    let activate = |qrs: &[&str], extra: &[&str]| {
+        let mut args = vec![
+            "--wait",
+            "0",
+            "activate",
+            "--owner",
+            "ann",
+            "--fleet-key",
+            fleet,
+        ];
+        for q in qrs {
+            args.extend(["--qr", q]);
+        }
+        args.extend(extra);
+        agent(&op, &args)
+    };
+    fails(activate(&[&m, "PB1:garbage"], &[]));
+    assert!(!ok(agent(&op, &["outbox"])).contains("pending"));
+    let out = ok(activate(&[&m, &s], &[]));
+    let q = queued(&out);
+    assert_eq!(q.len(), 2, "{out}");
+    assert!(q.iter().all(|e| e.0 == "device.activated"));
+    // Again: refused as reused by default, skipped with --skip-activated.
+    let e = fails(activate(&[&m], &[]));
+    assert!(e.contains("reused QR code"), "{e}");
+    let again = ok(activate(&[&m, &s], &["--skip-activated"]));
+    assert_eq!(again.matches("skipped").count(), 2, "{again}");
+    assert!(queued(&again).is_empty());
+
+    // `health` fails while no `run` serves the device's control socket.
+    let e = fails(agent(&out_dir.join("manager.toml"), &["health"]));
+    assert!(e.contains("no running agent answers"), "{e}");
 }
 
 fn wait_socket(data: &Path) {

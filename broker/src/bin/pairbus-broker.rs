@@ -1,5 +1,5 @@
-//! `pairbus-broker`: the main job (`serve`), its offline tools (`init`, `verify`, `export`), and
-//! `demo`, the whole story in one command.
+//! `pairbus-broker`: the main job (`serve`), its offline tools (`init`, `verify`, `export`),
+//! `demo`, the whole story in one command, and `health`, a probe for container health checks.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -92,7 +92,21 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         from: u64,
     },
+    /// Probe an HTTP health endpoint (a container health check needing no curl): exits 0 when
+    /// `GET URL` answers 2xx within the timeout, 1 otherwise. Works for `pairbus-projector
+    /// serve`'s `/healthz` too.
+    Health {
+        /// The endpoint.
+        #[arg(long, default_value = DEFAULT_HEALTH_URL)]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
+
+/// `serve`'s health endpoint on its default HTTP listener.
+const DEFAULT_HEALTH_URL: &str = "http://127.0.0.1:8080/healthz";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
@@ -188,6 +202,7 @@ fn main() -> Result<()> {
             eprintln!("exported {n} records");
             Ok(())
         }
+        Command::Health { url, timeout } => health(&url, timeout),
     }
 }
 
@@ -204,6 +219,25 @@ fn demo(data: PathBuf, timeout: u64, keep_running: bool) -> Result<()> {
             bail!("demo failed: {e}")
         }
     }
+}
+
+/// `GET url`: Ok on a 2xx answer, an error naming the status or the failure otherwise.
+fn health(url: &str, timeout: u64) -> Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(timeout.max(1))))
+        .build()
+        .into();
+    let resp = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("GET {url}: {status}");
+    }
+    println!("{url}: {status}");
+    Ok(())
 }
 
 fn open_log(data: &Path) -> Result<SledLog> {

@@ -8,6 +8,8 @@
 //! - [`publish`]: the audit-topic messages (topic, retain, JSON) for a batch of effects;
 //! - [`query`]: the read side shared by the CLI and (later) the HTTP API;
 //! - [`store`]: the shell that persists projections in sled with an atomic checkpoint;
+//! - [`follow`]: the pure catch-up/gap/dedupe logic of `serve` (which record to apply next,
+//!   when to ask the replay service);
 //! - [`export`]: reading log export files (`cbor-seq`, `jsonl`) with chain verification;
 //! - [`testkit`]: generators of signed logs for tests and benchmarks.
 //!
@@ -19,6 +21,7 @@ mod cbor;
 pub mod decode;
 pub mod export;
 pub mod fold;
+pub mod follow;
 pub mod graph;
 pub mod model;
 pub mod publish;

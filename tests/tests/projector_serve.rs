@@ -72,15 +72,7 @@ impl Serve {
     }
 
     fn metric(&self, name: &str) -> u64 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.http).expect("connect");
-        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+        metric(&self.http, name)
     }
 
     fn kill9(mut self) {
@@ -104,6 +96,19 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of a metric on `http`'s `/metrics` (no auth).
+fn metric(http: &str, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).expect("connect");
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
 
 /// A device made, activated and set up (three events in the log).
@@ -355,4 +360,65 @@ fn refusals_appear_in_the_alerts_of_both_projectors() {
         .map(|v| v["code"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(published, vec!["seq_conflict", "rejected"], "{all:?}");
+}
+
+/// The views of the embedded projector that a restart must keep.
+fn embedded_views(broker: &Broker, devices: &[&Made]) -> Vec<Value> {
+    let mut v = vec![
+        broker.get("/v1/devices"),
+        broker.get("/v1/graph"),
+        broker.get("/v1/alerts"),
+        broker.get("/v1/stats"),
+    ];
+    for d in devices {
+        v.push(broker.get(&format!("/v1/devices/{}/history", d.id)));
+    }
+    v
+}
+
+#[test]
+fn the_embedded_projections_resume_from_their_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let devices = dir.path().join("devices");
+    let broker = Broker::start(&data);
+    assert_eq!(
+        metric(&broker.http, "pairbus_projections_resumed_from_seq"),
+        0
+    );
+    let a = configured(&broker, &devices, "SN-EMB-A");
+    agent(&a.identity, &["action", "login"]);
+    let views = embedded_views(&broker, &[&a]);
+    let h = head(&broker);
+
+    // A clean stop saves the checkpoint: nothing is folded again at start.
+    broker.stop();
+    let broker = Broker::start(&data);
+    assert_eq!(
+        metric(&broker.http, "pairbus_projections_resumed_from_seq"),
+        h
+    );
+    assert_eq!(
+        metric(&broker.http, "pairbus_projections_folded_at_start"),
+        0
+    );
+    assert_eq!(embedded_views(&broker, &[&a]), views);
+
+    // Killed: at most the records after the last save are folded again, and the views are
+    // those of the whole log.
+    let b = configured(&broker, &devices, "SN-EMB-B");
+    let views = embedded_views(&broker, &[&a, &b]);
+    let h2 = head(&broker);
+    drop(broker); // SIGKILL
+    let broker = Broker::start(&data);
+    let from = metric(&broker.http, "pairbus_projections_resumed_from_seq");
+    assert!(
+        (h..=h2).contains(&from),
+        "resumed from {from}, not in {h}..={h2}"
+    );
+    assert_eq!(
+        metric(&broker.http, "pairbus_projections_folded_at_start"),
+        h2 - from
+    );
+    assert_eq!(embedded_views(&broker, &[&a, &b]), views);
 }

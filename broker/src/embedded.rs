@@ -22,9 +22,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Records applied between two saves at most.
-pub const SAVE_EVERY_RECORDS: usize = 10_000;
-/// Time between two saves at most while records come.
-pub const SAVE_EVERY: Duration = Duration::from_secs(1);
+pub const SAVE_EVERY_RECORDS: usize = 100_000;
+/// Time between two saves at most while records come. A save writes the changed views and
+/// the fold's whole bookkeeping (one JSON value, every principal's seq): not at every commit.
+/// After a crash, at most this much of the log is folded again at start.
+pub const SAVE_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the embedded projections could not be opened.
 #[derive(Debug, thiserror::Error)]

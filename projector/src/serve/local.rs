@@ -56,7 +56,7 @@ impl Local {
         root: RootSecret,
     ) -> Result<Self, StoreError> {
         let store = crate::store::Store::in_db(db.clone())?;
-        let persistent = Persistent::with_store(projector, store, 1000)?;
+        let persistent = Persistent::with_store(projector, store, super::SAVE_EVERY_RECORDS)?;
         let head = persistent.projections.last_seq;
         Ok(Local(Arc::new(Shared {
             persistent: Mutex::new(persistent),
@@ -79,8 +79,8 @@ impl Local {
     }
 
     /// Stores and folds records the follower decided to apply (in order). The record copies
-    /// are written first: the projections' checkpoint, saved every 1000 records and by
-    /// [`Local::commit`], flushes them too.
+    /// are written first: the projections' checkpoint (saved every
+    /// [`super::SAVE_EVERY_RECORDS`] records and by [`Local::commit`]) flushes them too.
     pub fn apply(&self, records: &[Record]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());

@@ -28,6 +28,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Time between two saves of the projections at most (also saved every
+/// [`SAVE_EVERY_RECORDS`] records, at the end of each catch-up and at shutdown). After a
+/// SIGKILL, what was applied since the last save is caught up again from the broker.
+pub const SAVE_EVERY: Duration = Duration::from_secs(2);
+/// Records applied between two saves at most.
+pub const SAVE_EVERY_RECORDS: usize = 10_000;
+
 /// How `serve` runs.
 pub struct ServeConfig {
     /// The operator identity it connects as.
@@ -241,6 +248,7 @@ async fn follow(
     let (last_seq, last_hash) = local.last();
     let mut f = Follower::new(last_seq, last_hash, &session);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut saved_at = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     let mut warned = false;
     tokio::pin!(shutdown);
@@ -248,7 +256,10 @@ async fn follow(
         let actions = tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {
-                local.commit()?;
+                if saved_at.elapsed() >= SAVE_EVERY {
+                    local.commit()?;
+                    saved_at = tokio::time::Instant::now();
+                }
                 f.tick(now_ms())
             }
             ev = eventloop.poll() => match ev {

@@ -35,7 +35,8 @@ struct Cli {
     /// Read this log export instead of a running projector (offline mode; wins over `--api`).
     #[arg(long, global = true, value_name = "FILE")]
     export: Option<PathBuf>,
-    /// Ask the HTTP API of a running broker (`pairbus-broker serve`), e.g.
+    /// Ask the HTTP API of a running broker (`pairbus-broker serve`) or standalone projector
+    /// (`pairbus-projector serve`), e.g.
     /// `http://127.0.0.1:8080` (plain http).
     #[arg(long, global = true, value_name = "URL", env = "PAIRBUS_API")]
     api: Option<String>,

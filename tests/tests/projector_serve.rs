@@ -7,7 +7,9 @@
 
 use pairbus_schemas::event::{Action, Body, Metadata};
 use pairbus_schemas::{DeviceId, Event, EventId, Kid};
-use pairbus_tests::{agent, api_get, bin, fleet_root, make, raw_publish, wait_until, Broker, Made};
+use pairbus_tests::{
+    agent, api_get, bin, fleet_root, free_port, make, raw_publish, wait_until, Broker, Made,
+};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -208,6 +210,31 @@ fn serve_catches_up_follows_live_and_resumes_after_sigkill() {
     assert_eq!(p.resumed_from, h);
     caught_up(&p, &broker);
     same_views(&p, &broker, &[&a, &b, &c]);
+}
+
+#[test]
+fn serve_reconnects_after_a_broker_restart_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let devices = dir.path().join("devices");
+    let (device, operator) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let broker = Broker::start_at(&data, &device, &operator);
+    let a = configured(&broker, &devices, "SN-PS-R1");
+    let p = Serve::start(&broker, &dir.path().join("projector"));
+    caught_up(&p, &broker);
+    let requests = p.metric("pairbus_projector_replay_requests_total");
+
+    // The broker goes away and comes back on the same addresses with more in its log.
+    broker.stop();
+    let broker = Broker::start_at(&data, &device, &operator);
+    let b = configured(&broker, &devices, "SN-PS-R2");
+    agent(&a.identity, &["action", "login"]);
+    caught_up(&p, &broker);
+    assert!(p.metric("pairbus_projector_replay_requests_total") > requests);
+    same_views(&p, &broker, &[&a, &b]);
 }
 
 /// One `device.action` of `m` with the given per-device `seq`, sealed with `key_of`'s key.

@@ -165,3 +165,80 @@ impl Embedded {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogConfig, SledLog, VerifiedEvent};
+    use pairbus_projector::testkit::LogBuilder;
+    use pairbus_schemas::{open_event, MAX_EVENT_SIZE};
+
+    /// A log holding the events of `b`'s first records, received at `at`.
+    fn log_of(dir: &Path, b: &LogBuilder, upto: usize, at: u64) -> SledLog {
+        let root = b.root();
+        let log = SledLog::open(LogConfig::new(dir), root.clone()).unwrap();
+        let events: Vec<VerifiedEvent> = b.records[..upto]
+            .iter()
+            .map(|r| {
+                let ev = open_event(&r.event, MAX_EVENT_SIZE, |k| Some(root.derive(k))).unwrap();
+                VerifiedEvent::from_event(&ev, r.event.clone())
+            })
+            .collect();
+        log.append_batch(events, at).unwrap();
+        log
+    }
+
+    fn story() -> LogBuilder {
+        let mut b = LogBuilder::new();
+        let m = b.configured(1, "a");
+        let s = b.configured(2, "a");
+        b.pair(&m, &s);
+        b
+    }
+
+    #[test]
+    fn resumes_from_the_checkpoint_and_rebuilds_only_for_another_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = story();
+        let n = b.records.len();
+        let root = b.root();
+        let whole = {
+            let log = log_of(&dir.path().join("log"), &b, n, b.now);
+            let full = Projector::new(Config::default(), root.clone())
+                .rebuild(&log.range(1..n as u64 + 1).unwrap());
+            let e = Embedded::open(root.clone(), &log, &dir.path().join("p")).unwrap();
+            assert_eq!(
+                e.resumed(),
+                Resumed {
+                    from: 0,
+                    folded: n as u64
+                }
+            );
+            assert_eq!(e.state(), &full);
+            drop(e);
+            let e = Embedded::open(root.clone(), &log, &dir.path().join("p")).unwrap();
+            assert_eq!(
+                e.resumed(),
+                Resumed {
+                    from: n as u64,
+                    folded: 0
+                },
+                "nothing folded again"
+            );
+            assert_eq!(e.state(), &full);
+            full
+        };
+        // The same projections over another (shorter) log: its checkpoint is ahead, rebuild.
+        let short = log_of(&dir.path().join("log2"), &b, n - 2, b.now);
+        let e = Embedded::open(root.clone(), &short, &dir.path().join("p")).unwrap();
+        assert_eq!(e.resumed().from, 0);
+        assert_eq!(e.state().last_seq, n as u64 - 2);
+        assert_ne!(e.state(), &whole);
+        drop(e);
+        // A log as long but different (other times, other hashes): rebuild.
+        let log3 = log_of(&dir.path().join("log3"), &b, n, b.now + 1);
+        let e = Embedded::open(root, &log3, &dir.path().join("p")).unwrap();
+        assert_eq!(e.resumed().from, 0);
+        assert_eq!(e.state().last_hash, log3.head().hash);
+    }
+}

@@ -51,6 +51,47 @@ pub fn alert(principal: &Kid, rejection: &Rejection, at: u64) -> Alert {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::{merge_refusals, Response, Stats};
+
+    fn at(code: Code, seq: u64, at: u64) -> Alert {
+        Alert {
+            seq,
+            at,
+            code,
+            device: None,
+            src: None,
+            event_type: None,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn refusals_are_merged_by_time_and_counted() {
+        let log = vec![at(Code::SeqGap, 1, 10), at(Code::LogGap, 2, 20)];
+        let refused = vec![at(Code::Rejected, 0, 5), at(Code::SeqConflict, 0, 20)];
+        let mut r = Response::Alerts(log);
+        merge_refusals(&mut r, &refused);
+        let Response::Alerts(v) = r else {
+            panic!("alerts")
+        };
+        let order: Vec<(u64, u64)> = v.iter().map(|a| (a.seq, a.at)).collect();
+        // By time; on a tie the log's alert first.
+        assert_eq!(order, vec![(0, 5), (1, 10), (2, 20), (0, 20)]);
+        let mut s = Response::Stats(Stats {
+            last_seq: 2,
+            actions: Default::default(),
+            devices: Default::default(),
+            alerts: [("seq_gap".to_owned(), 1)].into_iter().collect(),
+            undecodable: 0,
+        });
+        merge_refusals(&mut s, &refused);
+        let Response::Stats(s) = s else {
+            panic!("stats")
+        };
+        assert_eq!(s.alerts["seq_gap"], 1);
+        assert_eq!(s.alerts["rejected"], 1);
+        assert_eq!(s.alerts["seq_conflict"], 1);
+    }
 
     #[test]
     fn seq_conflicts_are_flagged_as_possible_clones() {

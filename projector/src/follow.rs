@@ -17,7 +17,11 @@
 //!   not link to the last applied one (the broker's log does not continue ours: another broker,
 //!   or a log rewritten) *halts* the follower: nothing more
 //!   is applied, and the shell reports it (an audit projector must not skip history);
-//! - a catch-up that hears nothing for [`Follower::REPLY_TIMEOUT_MS`] asks again with a new id.
+//! - a catch-up that hears nothing for [`Follower::REPLY_TIMEOUT_MS`] asks again with a new id;
+//! - a reply that brings nothing from `last + 1` on proves that the live records buffered
+//!   before the request was sent are not in the broker's log (it publishes a record only after
+//!   committing it): they are dropped, so a forged record on the log topic cannot make the
+//!   follower ask again and again.
 //!
 //! No IO, no clock: the shell passes `now` (Unix ms) and carries out the [`Action`]s.
 
@@ -88,7 +92,8 @@ pub struct Follower {
     last_seq: u64,
     last_hash: [u8; 32],
     mode: Mode,
-    buffer: BTreeMap<u64, Record>,
+    /// Buffered live records, each with the number of the next request at its arrival.
+    buffer: BTreeMap<u64, (Record, u64)>,
     buffer_cap: usize,
     session: String,
     next_request: u64,
@@ -248,8 +253,11 @@ impl Follower {
             self.mode = Mode::Halted(why.clone());
             self.buffer.clear();
             out.push(Action::Halted(why));
-        } else if count > 0 || !self.buffer.is_empty() {
-            // More may follow (replies are capped), or live records are still out of reach.
+        } else if count > 0 {
+            // More may follow: replies are capped.
+            self.request(now, &mut out);
+        } else if self.drop_unknown_to_the_broker() {
+            // Live records arrived after the request was sent: they may be real, ask again.
             self.request(now, &mut out);
         } else {
             self.mode = Mode::Live;
@@ -283,11 +291,26 @@ impl Follower {
     fn keep(&mut self, rec: Record) {
         if !rec.hash_is_valid() {
             self.counters.chain_errors += 1;
-        } else if self.buffer.len() < self.buffer_cap || self.buffer.contains_key(&rec.seq) {
-            self.buffer.insert(rec.seq, rec);
+        } else if self.buffer.contains_key(&rec.seq) {
+            // The first copy stays; if it is not the real one, the catch-up fetches that.
+            self.counters.duplicates += 1;
+        } else if self.buffer.len() < self.buffer_cap {
+            self.buffer.insert(rec.seq, (rec, self.next_request));
         } else {
             self.counters.buffer_overflows += 1;
         }
+    }
+
+    /// After a reply with nothing from `last + 1` on: drops the buffered records that arrived
+    /// before the request was sent (the broker's head was already past any real one, so these
+    /// are not in its log: forged or foreign, counted as chain errors); true if some arrived
+    /// later (and may be real).
+    fn drop_unknown_to_the_broker(&mut self) -> bool {
+        let current = self.next_request - 1;
+        let before = self.buffer.len();
+        self.buffer.retain(|_, (_, tag)| *tag > current);
+        self.counters.chain_errors += (before - self.buffer.len()) as u64;
+        !self.buffer.is_empty()
     }
 
     /// Applies `rec`, then every buffered record that follows.
@@ -303,7 +326,7 @@ impl Follower {
                 entry.remove();
                 self.counters.duplicates += 1;
             } else if seq == self.last_seq + 1 {
-                let next = entry.remove();
+                let (next, _) = entry.remove();
                 if !self.follows(&next) {
                     self.counters.chain_errors += 1;
                     break;
@@ -446,6 +469,34 @@ mod tests {
             applied(&f.replayed(&again.request_id, l[0].clone(), 2)),
             vec![1]
         );
+    }
+
+    #[test]
+    fn a_forged_future_record_does_not_make_it_ask_forever() {
+        let l = log(2);
+        let mut f = Follower::new(0, GENESIS, "s");
+        let r = request(&f.connected(0));
+        f.replay_end(&r.request_id, 0, 0);
+        // Live, a record far ahead (well formed, not in the broker's log): a gap.
+        let forged = Record::chain([7; 32], 9, 5, b"x".to_vec());
+        let r = request(&f.live(forged, 1));
+        // The broker has nothing from 1 on: the forged record goes, the catch-up ends.
+        let out = f.replay_end(&r.request_id, 0, 2);
+        assert_eq!(out, vec![Action::CaughtUp { last_seq: 0 }]);
+        assert_eq!(f.buffered(), 0);
+        assert_eq!(f.counters.chain_errors, 1);
+        // The same for a well-chained record the broker does not have.
+        let r = request(&f.live(l[1].clone(), 3));
+        let again = f.replay_end(&r.request_id, 0, 4);
+        assert_eq!(again, vec![Action::CaughtUp { last_seq: 0 }]);
+        // But a record that arrives after the request was sent may be real: ask again.
+        let r = request(&f.live(l[1].clone(), 5));
+        let late = Record::chain([8; 32], 20, 5, b"y".to_vec());
+        f.live(late, 6);
+        assert!(matches!(
+            f.replay_end(&r.request_id, 0, 7).as_slice(),
+            [Action::Request(_)]
+        ));
     }
 
     #[test]

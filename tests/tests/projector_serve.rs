@@ -3,7 +3,9 @@
 //! SIGKILL and restarted, it resumes from its checkpoint, catches up what was committed
 //! meanwhile, and answers `history` and `graph` exactly as the broker's embedded projector does
 //! for the same log. Refusals (a cloned device's `seq_conflict`, a `bad_mac`) appear in the
-//! alerts of both projectors and on `pairbus/v1/audit/alerts`.
+//! alerts of both projectors and on `pairbus/v1/audit/alerts`; garbage and forged records on
+//! the log topic are counted and never applied. The embedded projections resume from their
+//! checkpoint when the broker restarts.
 
 use pairbus_schemas::event::{Action, Body, Metadata};
 use pairbus_schemas::{DeviceId, Event, EventId, Kid};
@@ -387,6 +389,46 @@ fn refusals_appear_in_the_alerts_of_both_projectors() {
         .map(|v| v["code"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(published, vec!["seq_conflict", "rejected"], "{all:?}");
+
+    // rumqttd has no topic ACLs: any operator-plane client can write on the log topic. Garbage
+    // is counted and dropped; a well-formed record that is not the broker's is never applied.
+    let h = head(&broker);
+    let op_token = agent(&operator, &["token"]);
+    let hostile = |payload: &[u8]| {
+        raw_publish(
+            &broker.operator,
+            "operator:admin-hostile",
+            "operator:admin",
+            op_token.trim(),
+            "pairbus/v1/log",
+            payload,
+        )
+    };
+    hostile(b"garbage");
+    let next = pairbus_schemas::Record::chain([7; 32], h + 1, 1, b"forged".to_vec());
+    hostile(&next.encode());
+    let ahead = pairbus_schemas::Record::chain([7; 32], h + 5, 1, b"forged".to_vec());
+    hostile(&ahead.encode());
+    wait_until(20, "the garbage to be counted", || {
+        let (g, c) = (
+            p.metric("pairbus_projector_garbage_total"),
+            p.metric("pairbus_projector_chain_errors_total"),
+        );
+        eprintln!(
+            "garbage {g}, chain errors {c}, requests {}, gaps {}, dups {}",
+            p.metric("pairbus_projector_replay_requests_total"),
+            p.metric("pairbus_projector_gaps_total"),
+            p.metric("pairbus_projector_duplicates_total")
+        );
+        g == 1 && c == 2
+    });
+    agent(&m.identity, &["action", "login"]);
+    caught_up(&p, &broker);
+    same_views(&p, &broker, &[&m]);
+    assert_eq!(
+        p.get("/v1/stats")["last_seq"],
+        broker.get("/v1/stats")["last_seq"]
+    );
 }
 
 /// The views of the embedded projector that a restart must keep.

@@ -267,10 +267,7 @@ async fn follow(
                     tracing::info!(broker = %config.broker, "connected to the operator plane");
                     delay = Duration::from_millis(100);
                     warned = false;
-                    let filters = [Topic::Log.to_string(), format!("{}/replay/reply/+", pairbus_schemas::topics::PREFIX), format!("{}/rejected/#", pairbus_schemas::topics::PREFIX)]
-                        .into_iter()
-                        .map(|t| SubscribeFilter::new(t, QoS::AtMostOnce));
-                    if let Err(e) = client.try_subscribe_many(filters) {
+                    if let Err(e) = client.try_subscribe_many(subscriptions()) {
                         tracing::error!(error = %e, "subscribing failed");
                     }
                     Vec::new()
@@ -278,24 +275,7 @@ async fn follow(
                 // One SUBSCRIBE for the three filters: once acknowledged, nothing is missed.
                 Ok(Event::Incoming(Packet::SubAck(_))) => f.connected(now_ms()),
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let topic = p.topic.clone();
-                    match classify(&topic, &p.payload) {
-                        None => Vec::new(),
-                        Some(Err(why)) => {
-                            local.set_status(|s| s.garbage += 1);
-                            tracing::warn!(%topic, error = %why, "undecodable message dropped");
-                            Vec::new()
-                        }
-                        Some(Ok(Inbound::Live(r))) => f.live(r, now_ms()),
-                        Some(Ok(Inbound::Replayed(id, r))) => f.replayed(&id, r, now_ms()),
-                        Some(Ok(Inbound::End(id, n))) => f.replay_end(&id, n, now_ms()),
-                        Some(Ok(Inbound::Refused(kid, r))) => {
-                            let alert = crate::refusals::alert(&kid, &r, now_ms());
-                            local.refusal(&alert)?;
-                            local.set_status(|s| s.refusals += 1);
-                            Vec::new()
-                        }
-                    }
+                    on_publish(&mut f, local, &p.topic, &p.payload)?
                 }
                 Ok(_) => Vec::new(),
                 Err(e) => {
@@ -326,6 +306,52 @@ async fn follow(
     Ok(())
 }
 
+/// What `serve` subscribes to: the log, the replies of its replay requests, the refusals.
+fn subscriptions() -> Vec<SubscribeFilter> {
+    let prefix = pairbus_schemas::topics::PREFIX;
+    [
+        Topic::Log.to_string(),
+        format!("{prefix}/replay/reply/+"),
+        format!("{prefix}/rejected/#"),
+    ]
+    .into_iter()
+    .map(|t| SubscribeFilter::new(t, QoS::AtMostOnce))
+    .collect()
+}
+
+/// Hands one message to the follower (records, end markers) or keeps it (refusals).
+fn on_publish(
+    f: &mut Follower,
+    local: &Local,
+    topic: &str,
+    payload: &[u8],
+) -> Result<Vec<Action>, ServeError> {
+    Ok(match classify(topic, payload) {
+        None => Vec::new(),
+        Some(Err(why)) => {
+            let mut n = 0;
+            local.set_status(|s| {
+                s.garbage += 1;
+                n = s.garbage;
+            });
+            // Logged at the 1st, 2nd, 4th, 8th… occurrence: a flood cannot flood the logs.
+            if n.is_power_of_two() {
+                tracing::warn!(%topic, error = %why, dropped = n, "undecodable message dropped");
+            }
+            Vec::new()
+        }
+        Some(Ok(Inbound::Live(r))) => f.live(r, now_ms()),
+        Some(Ok(Inbound::Replayed(id, r))) => f.replayed(&id, r, now_ms()),
+        Some(Ok(Inbound::End(id, n))) => f.replay_end(&id, n, now_ms()),
+        Some(Ok(Inbound::Refused(kid, r))) => {
+            let alert = crate::refusals::alert(&kid, &r, now_ms());
+            local.refusal(&alert)?;
+            local.set_status(|s| s.refusals += 1);
+            Vec::new()
+        }
+    })
+}
+
 fn carry_out(
     client: &AsyncClient,
     local: &Local,
@@ -338,7 +364,7 @@ fn carry_out(
             Action::Apply(r) => apply.push(r),
             Action::Request(req) => {
                 local.apply(&std::mem::take(&mut apply))?;
-                tracing::info!(from_seq = req.from_seq, request_id = %req.request_id, "catching up through the replay service");
+                tracing::debug!(from_seq = req.from_seq, request_id = %req.request_id, "catching up through the replay service");
                 let json = serde_json::to_vec(&req).unwrap_or_default();
                 if let Err(e) = client.try_publish(
                     Topic::ReplayRequest.to_string(),

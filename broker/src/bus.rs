@@ -40,6 +40,9 @@ pub enum BusError {
     /// The event log could not be opened.
     #[error("event log: {0}")]
     Log(#[from] LogError),
+    /// The embedded projections could not be opened or brought up to date.
+    #[error(transparent)]
+    Projections(#[from] crate::embedded::EmbeddedError),
     /// An MQTT plane could not start.
     #[error(transparent)]
     Plane(#[from] PlaneError),
@@ -111,15 +114,23 @@ fn auth_for(
 }
 
 impl Bus {
-    /// Opens the log in `<data_dir>/log`, rebuilds the embedded projections from it, and
-    /// starts everything.
+    /// Opens the log in `<data_dir>/log` and the embedded projections in
+    /// `<data_dir>/projections` (resumed from their checkpoint), and starts everything.
     pub fn start(settings: BusSettings, root: RootSecret) -> Result<Self, BusError> {
         let log = Arc::new(SledLog::open(
             LogConfig::new(settings.data_dir.join("log")),
             root.clone(),
         )?);
         let metrics = Arc::new(Metrics::default());
-        let projections = Arc::new(Mutex::new(Embedded::rebuild(root.clone(), &*log)?));
+        let embedded = Embedded::open(root.clone(), &*log, &settings.data_dir.join("projections"))?;
+        let resumed = embedded.resumed();
+        metrics
+            .projections_resumed_from
+            .store(resumed.from, Ordering::Relaxed);
+        metrics
+            .projections_folded_at_start
+            .store(resumed.folded, Ordering::Relaxed);
+        let projections = Arc::new(Mutex::new(embedded));
         let folder = projections.clone();
         let checkpoints = log.clone();
         let mut last_checkpoint = 0;
@@ -245,6 +256,11 @@ impl Bus {
         self.replay.stop();
         self.presence.stop();
         self.http.shutdown();
+        // The committer has stopped: save the projections with their checkpoint.
+        let mut p = self.projections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = p.save() {
+            tracing::error!(error = %e, "saving the projections at shutdown failed");
+        }
         // Every acknowledged commit is already durable; dropping the log closes sled.
     }
 }

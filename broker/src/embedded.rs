@@ -2,66 +2,142 @@
 //! views are published on the operator plane, and events are relayed to the devices they
 //! concern.
 //!
-//! At start the projections are rebuilt from the whole log (the fold runs at about a million
-//! records per second, see BENCHMARKS.md); persisting them with a checkpoint is the
-//! standalone projector's job and comes to the embedded one later.
+//! The projections are persisted in their own sled database, `<data>/projections`
+//! ([`pairbus_projector::store`]: the views and a checkpoint, the last applied seq and hash,
+//! written in one atomic batch). They are saved every [`SAVE_EVERY_RECORDS`] records, at
+//! least every [`SAVE_EVERY`] while records come, and at shutdown. At start they resume from
+//! the checkpoint and fold only the records after it; they are rebuilt from genesis only when
+//! there is no checkpoint, when it is ahead of the log, or when its hash is not the log's hash
+//! at that position (another log, e.g. a data folder restored from a backup).
 
 use crate::ingest::Publish;
 use crate::log::{LogError, LogStore};
 use crate::mqtt::auth::PlaneKind;
 use crate::relay;
 use pairbus_projector::publish::publications;
-use pairbus_projector::{Config, Effect, Projections, Projector, Status};
+use pairbus_projector::store::{Persistent, Store, StoreError};
+use pairbus_projector::{Config, Projections, Projector, Status};
 use pairbus_schemas::{Event, Record, RootSecret, Topic};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Records applied between two saves at most.
+pub const SAVE_EVERY_RECORDS: usize = 100_000;
+/// Time between two saves at most while records come. A save writes the changed views and
+/// the fold's whole bookkeeping (one JSON value, every principal's seq): not at every commit.
+/// After a crash, at most this much of the log is folded again at start.
+pub const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the embedded projections could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    /// Reading the log failed.
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+    /// The projections store failed.
+    #[error("projections store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// How the projections were brought up to the log's head at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// The checkpoint they resumed from (0: rebuilt from genesis).
+    pub from: u64,
+    /// Records folded to reach the head.
+    pub folded: u64,
+}
 
 /// The embedded projector's state.
 pub struct Embedded {
-    projector: Projector,
-    state: Projections,
-    fx: Vec<Effect>,
+    fold: Persistent,
+    saved_at: Instant,
+    resumed: Resumed,
 }
 
 impl Embedded {
-    /// Folds the whole log from genesis.
-    pub fn rebuild(root: RootSecret, log: &dyn LogStore) -> Result<Self, LogError> {
+    /// Opens the projections persisted in `dir` and folds the log records after their
+    /// checkpoint (all of them if they must be rebuilt, see the module documentation).
+    pub fn open(root: RootSecret, log: &dyn LogStore, dir: &Path) -> Result<Self, EmbeddedError> {
+        let store = Store::open(dir)?;
         let projector = Projector::new(Config::default(), root);
-        let mut state = Projections::new();
-        let mut fx = Vec::new();
+        let mut fold = Persistent::with_store(projector, store, SAVE_EVERY_RECORDS)?;
         let head = log.head().seq;
-        let mut next = 1;
+        let checkpoint = fold.projections.last_seq;
+        let usable = checkpoint == 0
+            || (checkpoint <= head
+                && log
+                    .get(checkpoint)?
+                    .is_some_and(|r| r.hash == fold.projections.last_hash));
+        if !usable {
+            tracing::warn!(
+                checkpoint,
+                head,
+                "the projections' checkpoint is not a position of this log: rebuilding them from genesis"
+            );
+            fold.rebuild_from_scratch()?;
+        }
+        let from = fold.projections.last_seq;
+        let mut next = from + 1;
         while next <= head {
             let end = (next + 10_000).min(head + 1);
             for r in log.range(next..end)? {
-                fx.clear();
-                projector.apply_into(&mut state, &r, &mut fx);
+                fold.apply(&r)?;
             }
             next = end;
         }
+        fold.commit()?;
+        let resumed = Resumed {
+            from,
+            folded: head - from,
+        };
         tracing::info!(
-            records = head,
-            devices = state.devices.len(),
-            "projections rebuilt"
+            resumed_from = from,
+            folded = resumed.folded,
+            devices = fold.projections.devices.len(),
+            "projections resumed from their checkpoint"
         );
         Ok(Embedded {
-            projector,
-            state,
-            fx: Vec::new(),
+            fold,
+            saved_at: Instant::now(),
+            resumed,
         })
+    }
+
+    /// How the projections were brought up to date at start.
+    pub fn resumed(&self) -> Resumed {
+        self.resumed
     }
 
     /// The current projections.
     pub fn state(&self) -> &Projections {
-        &self.state
+        &self.fold.projections
+    }
+
+    /// Saves what was applied since the last save (at shutdown; also done as records come).
+    pub fn save(&mut self) -> Result<(), StoreError> {
+        self.saved_at = Instant::now();
+        self.fold.commit()
     }
 
     /// Folds one newly committed record, publishes what changed and relays the event.
     pub fn on_commit(&mut self, record: &Record, event: &Event, out: &mut dyn Publish) {
-        let targets = relay::targets(event, &self.state);
-        self.fx.clear();
-        self.projector
-            .apply_into(&mut self.state, record, &mut self.fx);
-        let accepted = self
-            .state
+        let targets = relay::targets(event, self.state());
+        let fx = match self.fold.apply(record) {
+            Ok(fx) => fx,
+            Err(e) => {
+                // The views in memory are right; only their save failed (retried later).
+                tracing::error!(error = %e, seq = record.seq, "saving the projections failed");
+                Vec::new()
+            }
+        };
+        if self.saved_at.elapsed() >= SAVE_EVERY {
+            if let Err(e) = self.save() {
+                tracing::error!(error = %e, "saving the projections failed");
+            }
+        }
+        let state = &self.fold.projections;
+        let accepted = state
             .trails
             .get(&event.device)
             .and_then(|t| t.last())
@@ -69,7 +145,7 @@ impl Embedded {
         // Views first, then relays. The two planes are separate routers, so this narrows but
         // does not close the window in which a device has heard a relay while an operator still
         // reads the previous retained view; the new view follows within the same commit.
-        for p in publications(&self.state, &self.fx, std::slice::from_ref(record)) {
+        for p in publications(state, &fx, std::slice::from_ref(record)) {
             out.publish(
                 PlaneKind::Operator,
                 p.topic.to_string(),
@@ -87,5 +163,82 @@ impl Embedded {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogConfig, SledLog, VerifiedEvent};
+    use pairbus_projector::testkit::LogBuilder;
+    use pairbus_schemas::{open_event, MAX_EVENT_SIZE};
+
+    /// A log holding the events of `b`'s first records, received at `at`.
+    fn log_of(dir: &Path, b: &LogBuilder, upto: usize, at: u64) -> SledLog {
+        let root = b.root();
+        let log = SledLog::open(LogConfig::new(dir), root.clone()).unwrap();
+        let events: Vec<VerifiedEvent> = b.records[..upto]
+            .iter()
+            .map(|r| {
+                let ev = open_event(&r.event, MAX_EVENT_SIZE, |k| Some(root.derive(k))).unwrap();
+                VerifiedEvent::from_event(&ev, r.event.clone())
+            })
+            .collect();
+        log.append_batch(events, at).unwrap();
+        log
+    }
+
+    fn story() -> LogBuilder {
+        let mut b = LogBuilder::new();
+        let m = b.configured(1, "a");
+        let s = b.configured(2, "a");
+        b.pair(&m, &s);
+        b
+    }
+
+    #[test]
+    fn resumes_from_the_checkpoint_and_rebuilds_only_for_another_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = story();
+        let n = b.records.len();
+        let root = b.root();
+        let whole = {
+            let log = log_of(&dir.path().join("log"), &b, n, b.now);
+            let full = Projector::new(Config::default(), root.clone())
+                .rebuild(&log.range(1..n as u64 + 1).unwrap());
+            let e = Embedded::open(root.clone(), &log, &dir.path().join("p")).unwrap();
+            assert_eq!(
+                e.resumed(),
+                Resumed {
+                    from: 0,
+                    folded: n as u64
+                }
+            );
+            assert_eq!(e.state(), &full);
+            drop(e);
+            let e = Embedded::open(root.clone(), &log, &dir.path().join("p")).unwrap();
+            assert_eq!(
+                e.resumed(),
+                Resumed {
+                    from: n as u64,
+                    folded: 0
+                },
+                "nothing folded again"
+            );
+            assert_eq!(e.state(), &full);
+            full
+        };
+        // The same projections over another (shorter) log: its checkpoint is ahead, rebuild.
+        let short = log_of(&dir.path().join("log2"), &b, n - 2, b.now);
+        let e = Embedded::open(root.clone(), &short, &dir.path().join("p")).unwrap();
+        assert_eq!(e.resumed().from, 0);
+        assert_eq!(e.state().last_seq, n as u64 - 2);
+        assert_ne!(e.state(), &whole);
+        drop(e);
+        // A log as long but different (other times, other hashes): rebuild.
+        let log3 = log_of(&dir.path().join("log3"), &b, n, b.now + 1);
+        let e = Embedded::open(root, &log3, &dir.path().join("p")).unwrap();
+        assert_eq!(e.resumed().from, 0);
+        assert_eq!(e.state().last_hash, log3.head().hash);
     }
 }

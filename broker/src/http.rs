@@ -5,24 +5,11 @@
 //! - `GET /v1/head`: the chain head `{"seq", "hash"}`;
 //! - `GET /v1/refusals?limit=N`: the newest refused events from the journal (default 100).
 //!
-//! The embedded projector's views (module `views`; the JSON is exactly what
-//! `pairbus-projector --export FILE <command> --json` prints for the same log, shapes in
-//! `projector/README.md`):
-//!
-//! - `GET /v1/devices?state=S`: every device card (sorted by id), optionally in state `S`;
-//! - `GET /v1/devices/<id>`: one device card;
-//! - `GET /v1/devices/<id>/history?since=T&until=T&type=E`: `{"device", "entries"}`, the
-//!   complete ordered trail with each event's `details`; `since`/`until` (inclusive, on
-//!   `received_at`) are Unix ms or RFC 3339; `type` is an event type, repeatable or
-//!   comma-separated;
-//! - `GET /v1/graph?format=json|text|dot`: the pairing graph `{"nodes", "edges"}` (default
-//!   json), or its text or Graphviz rendering;
-//! - `GET /v1/alerts`: every alert, in log order;
-//! - `GET /v1/stats`: `{"last_seq", "actions", "devices", "alerts", "undecodable"}`;
-//! - `GET /v1/replay?as_of=SEQ|T&view=device|graph|devices&id=ID`: the view exactly as it
-//!   was after log position `SEQ` (or the last record received at or before time `T`), folded
-//!   from the log by a fresh projector (at most [`MAX_REPLAY_RECORDS`] records, one replay at
-//!   a time); headers `pairbus-as-of-seq` and `pairbus-as-of-received-at` say where it stopped.
+//! The embedded projector's views, served by [`pairbus_projector::api`] (the same code, routes
+//! and JSON as `pairbus-projector serve`): `/v1/devices`, `/v1/devices/<id>`,
+//! `/v1/devices/<id>/history`, `/v1/graph`, `/v1/alerts` (the fold's alerts merged with the
+//! newest refusals of the journal, see [`pairbus_projector::refusals`]), `/v1/stats`,
+//! `/v1/replay`; parameters in that module's documentation and `projector/README.md`.
 //!
 //! Errors are JSON `{"error": <message>, "code": <code>}`: 400 `bad_request` (malformed, unknown
 //! or repeated parameter), 401 `unauthorized`, 404 `unknown_device` (or `not_found`: no such
@@ -36,19 +23,22 @@ use crate::embedded::Embedded;
 use crate::journal::Journal;
 use crate::log::{LogStore, SledLog};
 use crate::metrics::Metrics;
-use axum::extract::{Query, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use pairbus_schemas::{Kid, PrincipalKind, RootSecret};
+use pairbus_projector::api::{self, Backend, MAX_REFUSAL_ALERTS};
+use pairbus_projector::{Alert, Projections};
+use pairbus_schemas::{Record, RootSecret};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-mod views;
-pub use views::{ApiError, LogRecords, AS_OF_RECEIVED_AT, AS_OF_SEQ, MAX_REPLAY_RECORDS};
+pub use pairbus_projector::api::{
+    check_bearer, ApiError, AS_OF_RECEIVED_AT, AS_OF_SEQ, MAX_REPLAY_RECORDS,
+};
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -67,39 +57,49 @@ pub struct AppState {
     pub replays: Arc<Mutex<()>>,
 }
 
-/// Checks an `Authorization` header value: `Bearer <operator kid>:<token>` at `now` (seconds).
-pub fn check_bearer(root: &RootSecret, header: Option<&str>, now: u64) -> Result<Kid, String> {
-    let value = header.ok_or("missing Authorization header")?;
-    let cred = value
-        .strip_prefix("Bearer ")
-        .ok_or("expected `Authorization: Bearer <kid>:<token>`")?;
-    let (kid, token) = cred.rsplit_once(':').ok_or("expected <kid>:<token>")?;
-    let kid = Kid::parse(kid).map_err(|e| e.to_string())?;
-    if kid.kind() != PrincipalKind::Operator {
-        return Err(format!("{kid} is not an operator"));
+impl Backend for AppState {
+    fn read<R>(&self, f: impl FnOnce(&Projections) -> R) -> R {
+        let e = self.projections.lock().unwrap_or_else(|e| e.into_inner());
+        f(e.state())
     }
-    root.derive(&kid)
-        .check_token(&kid, token, now)
-        .map_err(|e| e.to_string())?;
-    Ok(kid)
-}
 
-async fn require_operator(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match check_bearer(&s.root, header, now) {
-        Ok(_) => next.run(req).await,
-        Err(why) => (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({ "error": why, "code": "unauthorized" })),
-        )
-            .into_response(),
+    fn record(&self, seq: u64) -> Option<Record> {
+        match self.log.get(seq) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "history: reading a record failed");
+                None
+            }
+        }
+    }
+
+    fn range(&self, seqs: Range<u64>) -> Result<Vec<Record>, String> {
+        self.log.range(seqs).map_err(|e| e.to_string())
+    }
+
+    fn head(&self) -> u64 {
+        self.log.head().seq
+    }
+
+    fn root(&self) -> &RootSecret {
+        &self.root
+    }
+
+    fn replays(&self) -> &Mutex<()> {
+        &self.replays
+    }
+
+    fn refusals(&self) -> Vec<Alert> {
+        match self.journal.latest(MAX_REFUSAL_ALERTS) {
+            Ok(entries) => entries
+                .iter()
+                .filter_map(crate::journal::Entry::alert)
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the refusals journal failed");
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -133,10 +133,10 @@ pub fn router(state: AppState) -> Router {
                 },
             ),
         )
-        .merge(views::routes())
+        .merge(api::routes::<AppState>())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            require_operator,
+            api::require_operator::<AppState>,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -145,12 +145,7 @@ pub fn router(state: AppState) -> Router {
             get(|State(s): State<AppState>| async move { s.metrics.render() }),
         )
         .merge(v1)
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                Json(serde_json::json!({ "error": "no such endpoint", "code": "not_found" })),
-            )
-        })
+        .fallback(api::not_found)
         .with_state(state)
 }
 
@@ -207,28 +202,5 @@ impl HttpServer {
         }
         // Not `shutdown_timeout`: that would block, and this may run inside another runtime.
         self.runtime.shutdown_background();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_tokens_are_operator_tokens() {
-        let root = RootSecret::from_bytes([5; 32]);
-        let op = Kid::parse("operator:admin").unwrap();
-        let tok = root.derive(&op).mint_token(&op, 1_000 + 60);
-        let header = format!("Bearer operator:admin:{tok}");
-        assert_eq!(check_bearer(&root, Some(&header), 1_000).unwrap(), op);
-        assert!(check_bearer(&root, None, 1_000).is_err());
-        assert!(check_bearer(&root, Some(&format!("Basic {tok}")), 1_000).is_err());
-        assert!(check_bearer(&root, Some(&header), 2_000)
-            .unwrap_err()
-            .contains("expired"));
-        let dev = Kid::parse("device:0123456789abcdef").unwrap();
-        let dtok = root.derive(&dev).mint_token(&dev, 1_060);
-        let e = check_bearer(&root, Some(&format!("Bearer {dev}:{dtok}")), 1_000).unwrap_err();
-        assert!(e.contains("not an operator"), "{e}");
     }
 }

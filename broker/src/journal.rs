@@ -28,6 +28,19 @@ pub struct Entry {
     pub rejection: Rejection,
 }
 
+impl Entry {
+    /// The entry as an alert of the projector (`seq_conflict`: a possible cloned device), or
+    /// `None` if its principal does not parse (an entry of another version).
+    pub fn alert(&self) -> Option<pairbus_projector::Alert> {
+        let kid = Kid::parse(&self.principal).ok()?;
+        Some(pairbus_projector::refusals::alert(
+            &kid,
+            &self.rejection,
+            self.at,
+        ))
+    }
+}
+
 /// The journal.
 pub struct Journal {
     tree: sled::Db,

@@ -92,6 +92,11 @@ pub struct Metrics {
     pub device_connects: AtomicU64,
     /// CONNECTs accepted on the operator plane.
     pub operator_connects: AtomicU64,
+    /// The embedded projections' checkpoint at start (the log position they resumed from;
+    /// 0 when they were rebuilt from genesis).
+    pub projections_resumed_from: AtomicU64,
+    /// Records the embedded projector folded at start to reach the log's head.
+    pub projections_folded_at_start: AtomicU64,
     /// Events per group commit.
     pub batch_size: Histogram,
     /// Time of one group commit (append, flush and sync), seconds.
@@ -113,6 +118,8 @@ impl Default for Metrics {
             replays_refused: AtomicU64::new(0),
             device_connects: AtomicU64::new(0),
             operator_connects: AtomicU64::new(0),
+            projections_resumed_from: AtomicU64::new(0),
+            projections_folded_at_start: AtomicU64::new(0),
             batch_size: Histogram::new(BATCH_BOUNDS),
             commit_seconds: Histogram::new(LATENCY_BOUNDS),
         }
@@ -200,6 +207,20 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
+        }
+        for (name, help, v) in [
+            (
+                "pairbus_projections_resumed_from_seq",
+                "Checkpoint the embedded projections resumed from at start (0: rebuilt).",
+                load(&self.projections_resumed_from),
+            ),
+            (
+                "pairbus_projections_folded_at_start",
+                "Records folded at start to reach the log's head.",
+                load(&self.projections_folded_at_start),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         let labelled =
             |out: &mut String, name: &str, help: &str, label: &str, values: Vec<(&str, u64)>| {

@@ -1,6 +1,7 @@
 //! `pairbus-projector`: investigations over the pairbus log.
 //!
-//! Two modes, the same subcommands and the same output (text, or `--json`):
+//! `serve` runs the projector on its own (see `pairbus_projector::serve`). The query
+//! subcommands have two modes, the same subcommands and the same output (text, or `--json`):
 //!
 //! - offline (`--export FILE`): the file is read with its hash chain verified, folded, and
 //!   asked ([`pairbus_projector::query::run`]);
@@ -33,7 +34,8 @@ struct Cli {
     /// Read this log export instead of a running projector (offline mode; wins over `--api`).
     #[arg(long, global = true, value_name = "FILE")]
     export: Option<PathBuf>,
-    /// Ask the HTTP API of a running broker (`pairbus-broker serve`), e.g.
+    /// Ask the HTTP API of a running broker (`pairbus-broker serve`) or standalone projector
+    /// (`pairbus-projector serve`), e.g.
     /// `http://127.0.0.1:8080` (plain http).
     #[arg(long, global = true, value_name = "URL", env = "PAIRBUS_API")]
     api: Option<String>,
@@ -116,6 +118,33 @@ enum Cmd {
     Alerts,
     /// Actions per type per day, devices per state, alerts per code.
     Stats,
+    /// Run the projector on its own: follow `pairbus/v1/log` on the operator plane (catching
+    /// up through the replay service), keep the projections in its own sled folder and serve
+    /// the query API (`/v1/…`, `/healthz`, `/metrics`). Needs `--fleet-key`.
+    Serve {
+        /// Operator identity TOML (kid, key, broker) it connects with.
+        #[arg(long, env = "PAIRBUS_IDENTITY", value_name = "FILE")]
+        identity: PathBuf,
+        /// Operator plane `host:port` [default: the identity's `broker`].
+        #[arg(long, env = "PAIRBUS_BROKER", value_name = "HOST:PORT")]
+        broker: Option<String>,
+        /// Its own sled folder (projections, record copies, refusals).
+        #[arg(
+            long,
+            env = "PAIRBUS_PROJECTOR_DATA",
+            value_name = "DIR",
+            default_value = "./pairbus-projector-data"
+        )]
+        data: PathBuf,
+        /// HTTP API listener.
+        #[arg(
+            long,
+            env = "PAIRBUS_HTTP_LISTEN",
+            value_name = "ADDR",
+            default_value = "127.0.0.1:8081"
+        )]
+        http_listen: std::net::SocketAddr,
+    },
     /// State exactly as it was at a log position or a broker time.
     Replay {
         /// A log position (SEQ) or a time (RFC 3339).
@@ -196,6 +225,57 @@ fn projector(cli: &Cli) -> Result<Projector, Fail> {
             Projector::new(config, NoKeys)
         }
     })
+}
+
+/// `serve`: reads the fleet key and the identity, then runs until SIGINT/SIGTERM.
+fn serve(
+    cli: &Cli,
+    identity: &std::path::Path,
+    broker: Option<&str>,
+    data: &std::path::Path,
+    http_listen: std::net::SocketAddr,
+) -> Result<(), Fail> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PAIRBUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let path = cli
+        .fleet_key
+        .as_ref()
+        .ok_or("serve needs --fleet-key FILE (or PAIRBUS_FLEET_KEY): it checks activation QR codes and the API's operator tokens")?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let root = RootSecret::from_hex(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(identity).map_err(|e| format!("{}: {e}", identity.display()))?;
+    let identity = pairbus_schemas::identity::Identity::from_toml(&text)
+        .map_err(|e| format!("{}: {e}", identity.display()))?;
+    if identity.kid.kind() != pairbus_schemas::PrincipalKind::Operator {
+        return Err(format!(
+            "{} is not an operator identity: the log is on the operator plane",
+            identity.kid
+        )
+        .into());
+    }
+    let config = pairbus_projector::serve::ServeConfig {
+        broker: broker.map_or_else(|| identity.broker.clone(), str::to_owned),
+        identity,
+        data: data.to_owned(),
+        http_listen,
+        root,
+        fold: Config {
+            claim_window_ms: cli.claim_window.saturating_mul(1000),
+            ..Config::default()
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(pairbus_projector::serve::serve_until_signal(config))?;
+    Ok(())
 }
 
 fn load(cli: &Cli) -> Result<Vec<Record>, Fail> {
@@ -282,6 +362,15 @@ fn print_json(o: &mut String, v: &impl serde::Serialize) -> Result<(), Fail> {
 }
 
 fn run(cli: Cli) -> Result<(), Fail> {
+    if let Cmd::Serve {
+        identity,
+        broker,
+        data,
+        http_listen,
+    } = &cli.command
+    {
+        return serve(&cli, identity, broker.as_deref(), data, *http_listen);
+    }
     if let Cmd::GenExport {
         devices,
         events,
@@ -355,7 +444,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             }
             return answer(&cli, &p, &records, &q);
         }
-        Cmd::GenExport { .. } => unreachable!("handled above"),
+        Cmd::GenExport { .. } | Cmd::Serve { .. } => unreachable!("handled above"),
     };
     let t = std::time::Instant::now();
     let p = fold(&pr, &records);
@@ -458,7 +547,7 @@ fn remote(cli: &Cli, base: &str) -> Result<(), Fail> {
                 ReplayWhat::Devices => Response::Devices(reply.json()?),
             }
         }
-        Cmd::GenExport { .. } => unreachable!("handled before"),
+        Cmd::GenExport { .. } | Cmd::Serve { .. } => unreachable!("handled before"),
     };
     let mut text = String::new();
     render(cli, resp, &mut text)?;

@@ -280,6 +280,12 @@ pub enum Code {
     ActivationLapsed,
     /// The log records handed to the fold skip positions or break the hash chain.
     LogGap,
+    /// The broker refused an event before the log (not raised by the fold: see
+    /// [`crate::refusals`]); the detail names the reason (`bad_mac`, `unknown_kid`, …).
+    Rejected,
+    /// The broker refused an event whose `seq` its principal had already used for another
+    /// event: a possible cloned device (not raised by the fold: see [`crate::refusals`]).
+    SeqConflict,
 }
 
 impl Code {

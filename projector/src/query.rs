@@ -215,6 +215,40 @@ pub fn run<S: RecordSource + ?Sized>(
     })
 }
 
+/// Adds the broker's refusals (see [`crate::refusals`], oldest first) to an `alerts` answer
+/// (merged by time; on a tie the log's alert comes first) or to a `stats` answer (counted per
+/// code); other answers are left as they are.
+pub fn merge_refusals(r: &mut Response, refusals: &[Alert]) {
+    if refusals.is_empty() {
+        return;
+    }
+    match r {
+        Response::Alerts(v) => {
+            let log = std::mem::take(v);
+            let (mut a, mut b) = (log.into_iter().peekable(), refusals.iter().peekable());
+            loop {
+                let take_log = match (a.peek(), b.peek()) {
+                    (Some(x), Some(y)) => x.at <= y.at,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                if take_log {
+                    v.extend(a.next());
+                } else {
+                    v.extend(b.next().cloned());
+                }
+            }
+        }
+        Response::Stats(s) => {
+            for x in refusals {
+                *s.alerts.entry(x.code.as_str()).or_insert(0) += 1;
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The details (body JSON) of the event of record `seq`, if the record is at hand and decodes.
 pub fn details<S: RecordSource + ?Sized>(log: &S, seq: u64) -> Option<Value> {
     log.record(seq)

@@ -301,6 +301,13 @@ impl Store {
         Ok(())
     }
 
+    /// Empties the store (the projections will be rebuilt from genesis).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.tree.clear()?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Writes all of `p` (a first save, or after a rebuild).
     pub fn save_all(&self, p: &Projections) -> Result<(), StoreError> {
         self.tree.clear()?;
@@ -426,6 +433,16 @@ impl Persistent {
             self.commit()?;
         }
         Ok(fx)
+    }
+
+    /// Forgets the projections, in memory and in the store: the next record folded must be
+    /// the log's first (a checkpoint that is not a position of the log being followed).
+    pub fn rebuild_from_scratch(&mut self) -> Result<(), StoreError> {
+        self.store.clear()?;
+        self.projections = Projections::new();
+        self.pending.clear();
+        self.unsaved = 0;
+        Ok(())
     }
 
     /// Saves everything applied so far with its checkpoint.

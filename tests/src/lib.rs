@@ -120,28 +120,7 @@ impl Broker {
     /// `GET http://<http><path>` with the operator's bearer token; the JSON answer (panics on
     /// a non-200 status).
     pub fn get(&self, path: &str) -> serde_json::Value {
-        use std::io::{Read, Write};
-        let token = agent(
-            &self.data.join("operator-admin.toml"),
-            &["token", "--bearer"],
-        );
-        let mut s = std::net::TcpStream::connect(&self.http).expect("HTTP connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: {}\r\n\r\n",
-            self.http,
-            token.trim()
-        )
-        .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).expect("HTTP answer");
-        let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP head");
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "GET {path}: {head}\n{body}"
-        );
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+        api_get(&self.http, &self.data.join("operator-admin.toml"), path)
     }
 
     /// The embedded projector's history of a device (`/v1/devices/<id>/history`): its entries.
@@ -167,6 +146,30 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET http://<http><path>` on a query API (the broker's or `pairbus-projector serve`'s) with
+/// the bearer token of the operator identity `operator`; the JSON answer (panics on a non-200
+/// status).
+pub fn api_get(http: &str, operator: &Path, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let token = agent(operator, &["token", "--bearer"]);
+    let mut s = std::net::TcpStream::connect(http).expect("HTTP connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {http}\r\nAuthorization: {}\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("HTTP answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP head");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {head}\n{body}"
+    );
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
 /// Runs a command to completion; panics with its output if it fails.

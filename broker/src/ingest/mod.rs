@@ -421,8 +421,19 @@ impl Committer {
         if self.limiter.allow() {
             tracing::warn!(%principal, reason = %rejection.reason, detail = %rejection.detail, "event refused");
         }
-        if let Err(e) = self.journal.record(now_ms(), principal, &rejection) {
+        let at = now_ms();
+        if let Err(e) = self.journal.record(at, principal, &rejection) {
             tracing::error!(error = %e, "refusals journal write failed");
+        }
+        // The embedded projector's alert for it (the fold never sees a refused event).
+        let alert = pairbus_projector::refusals::alert(principal, &rejection, at);
+        if let Ok(json) = serde_json::to_vec(&alert) {
+            self.outlets.publish(
+                PlaneKind::Operator,
+                Topic::AuditAlerts.to_string(),
+                json,
+                false,
+            );
         }
         let topic = Topic::Rejected(principal.clone()).to_string();
         let json = rejection.to_json().into_bytes();

@@ -1,23 +1,23 @@
-//! The embedded projector's query endpoints (under `/v1/`, operator token required).
+//! The query endpoints (under `/v1/`, operator token required).
 //!
-//! Every answer is [`pairbus_projector::query::run`] over the live projections: the JSON is
-//! exactly what `pairbus-projector --export FILE … --json` prints for the same log. The
-//! projections are locked only while the query runs (a copy of the answer, no IO); `history`
-//! then reads each entry's event details from the log, and `replay` folds a prefix of the log
-//! with a fresh [`Projector`], both outside the lock and on the blocking thread pool.
+//! Every answer is [`crate::query::run`] over the live projections: the JSON is exactly what
+//! `pairbus-projector --export FILE … --json` prints for the same log (`alerts` and `stats`
+//! also count the broker's refusals, which are not in the log). The projections are locked
+//! only while the query runs (a copy of the answer, no IO); `history` then reads each entry's
+//! event details from the records, and `replay` folds a prefix of the records with a fresh
+//! [`Projector`], both outside the lock and on the blocking thread pool.
 
-use super::AppState;
-use crate::log::{LogError, LogStore, SledLog};
+use super::Backend;
+use crate::graph::{to_dot, to_text};
+use crate::model::DeviceState;
+use crate::query::{self, Query, QueryError, RecordSource, Response};
+use crate::{Config, Effect, Projections, Projector};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use axum::{Json, Router};
-use pairbus_projector::graph::{to_dot, to_text};
-use pairbus_projector::model::DeviceState;
-use pairbus_projector::query::{self, Query, QueryError, RecordSource, Response};
-use pairbus_projector::{Config, Effect, Projections, Projector};
 use pairbus_schemas::Record;
 use std::borrow::Cow;
 use std::sync::TryLockError;
@@ -43,9 +43,9 @@ pub enum ApiError {
     /// Another replay is running (503, `busy`).
     #[error("another replay is running; retry shortly")]
     Busy,
-    /// Reading the log failed (500, `internal`).
+    /// Reading the records failed (500, `internal`).
     #[error("event log: {0}")]
-    Log(#[from] LogError),
+    Log(String),
     /// The query task failed (500, `internal`).
     #[error("query task: {0}")]
     Task(String),
@@ -86,18 +86,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The sled log as a [`RecordSource`]: `history` reads its entries' event details from it.
-pub struct LogRecords<'a>(pub &'a dyn LogStore);
+/// A backend's records as a [`RecordSource`]: `history` reads its entries' details from it.
+struct Records<'a, B>(&'a B);
 
-impl RecordSource for LogRecords<'_> {
+impl<B: Backend> RecordSource for Records<'_, B> {
     fn record(&self, seq: u64) -> Option<Cow<'_, Record>> {
-        match self.0.get(seq) {
-            Ok(r) => r.map(Cow::Owned),
-            Err(e) => {
-                tracing::warn!(seq, error = %e, "history: reading a record failed");
-                None
-            }
-        }
+        self.0.record(seq).map(Cow::Owned)
     }
 }
 
@@ -157,20 +151,25 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Answers `q` from the live projections, under the lock, without event details.
-fn live(s: &AppState, q: &Query) -> Result<Response, ApiError> {
-    let e = s.projections.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(query::run(e.state(), &query::NoRecords, q)?)
+fn live<B: Backend>(s: &B, q: &Query) -> Result<Response, ApiError> {
+    Ok(s.read(|p| query::run(p, &query::NoRecords, q))?)
 }
 
-async fn answer(s: AppState, q: Query) -> Result<HttpResponse, ApiError> {
+async fn answer<B: Backend>(s: B, q: Query) -> Result<HttpResponse, ApiError> {
     let r = blocking(move || {
         let mut r = live(&s, &q)?;
-        if let Response::History(h) = &mut r {
-            // Outside the lock: one log read per entry.
-            let log = LogRecords(&*s.log);
-            for e in &mut h.entries {
-                e.details = query::details(&log, e.entry.seq);
+        match &mut r {
+            Response::History(h) => {
+                // Outside the lock: one record read per entry.
+                let log = Records(&s);
+                for e in &mut h.entries {
+                    e.details = query::details(&log, e.entry.seq);
+                }
             }
+            Response::Alerts(_) | Response::Stats(_) => {
+                query::merge_refusals(&mut r, &s.refusals());
+            }
+            _ => {}
         }
         Ok(r)
     })
@@ -178,7 +177,7 @@ async fn answer(s: AppState, q: Query) -> Result<HttpResponse, ApiError> {
     Ok(Json(r).into_response())
 }
 
-async fn devices(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse, ApiError> {
+async fn devices<B: Backend>(State(s): State<B>, q: RawParams) -> Result<HttpResponse, ApiError> {
     let p = Params::new(q, &["state"])?;
     let state = p
         .one("state")?
@@ -193,8 +192,8 @@ async fn devices(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse
     answer(s, Query::Devices { state }).await
 }
 
-async fn device(
-    State(s): State<AppState>,
+async fn device<B: Backend>(
+    State(s): State<B>,
     id: Result<Path<String>, PathRejection>,
     q: RawParams,
 ) -> Result<HttpResponse, ApiError> {
@@ -203,8 +202,8 @@ async fn device(
     answer(s, Query::Device { id }).await
 }
 
-async fn history(
-    State(s): State<AppState>,
+async fn history<B: Backend>(
+    State(s): State<B>,
     id: Result<Path<String>, PathRejection>,
     q: RawParams,
 ) -> Result<HttpResponse, ApiError> {
@@ -229,7 +228,7 @@ fn text(content_type: &'static str, body: String) -> HttpResponse {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-async fn graph(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse, ApiError> {
+async fn graph<B: Backend>(State(s): State<B>, q: RawParams) -> Result<HttpResponse, ApiError> {
     let p = Params::new(q, &["format"])?;
     let format = p.one("format")?.unwrap_or("json");
     if !matches!(format, "json" | "text" | "dot") {
@@ -248,12 +247,12 @@ async fn graph(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse, 
     })
 }
 
-async fn alerts(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse, ApiError> {
+async fn alerts<B: Backend>(State(s): State<B>, q: RawParams) -> Result<HttpResponse, ApiError> {
     Params::new(q, &[])?;
     answer(s, Query::Alerts).await
 }
 
-async fn stats(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse, ApiError> {
+async fn stats<B: Backend>(State(s): State<B>, q: RawParams) -> Result<HttpResponse, ApiError> {
     Params::new(q, &[])?;
     answer(s, Query::Stats).await
 }
@@ -277,14 +276,14 @@ impl AsOf {
 /// The projections as of `as_of`: the fold of the log's prefix, by a projector configured as
 /// the embedded one (default config, keys from the fleet root), at most [`MAX_REPLAY_RECORDS`].
 /// Also the broker time of the last folded record.
-fn fold_prefix(
-    log: &SledLog,
+fn fold_prefix<B: Backend>(
+    log: &B,
     pr: &Projector,
     as_of: AsOf,
 ) -> Result<(Projections, Option<u64>), ApiError> {
     let head = match as_of {
-        AsOf::Seq(s) => log.head().seq.min(s),
-        AsOf::Time(_) => log.head().seq,
+        AsOf::Seq(s) => log.head().min(s),
+        AsOf::Time(_) => log.head(),
     };
     let mut p = Projections::new();
     let mut fx: Vec<Effect> = Vec::new();
@@ -292,7 +291,7 @@ fn fold_prefix(
     let mut next = 1;
     'fold: while next <= head {
         let end = (next + 10_000).min(head + 1);
-        for r in log.range(next..end)? {
+        for r in log.range(next..end).map_err(ApiError::Log)? {
             if !as_of.includes(&r) {
                 break 'fold;
             }
@@ -310,7 +309,7 @@ fn fold_prefix(
     Ok((p, last_at))
 }
 
-async fn replay(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse, ApiError> {
+async fn replay<B: Backend>(State(s): State<B>, q: RawParams) -> Result<HttpResponse, ApiError> {
     let p = Params::new(q, &["as_of", "view", "id"])?;
     let as_of = p
         .one("as_of")?
@@ -342,14 +341,14 @@ async fn replay(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse,
         }
     };
     let (resp, seq, at) = blocking(move || {
-        let _one_at_a_time = match s.replays.try_lock() {
+        let _one_at_a_time = match s.replays().try_lock() {
             Ok(g) => g,
             // A replay that panicked left nothing behind to repair.
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(ApiError::Busy),
         };
-        let pr = Projector::new(Config::default(), s.root.clone());
-        let (p, at) = fold_prefix(&s.log, &pr, as_of)?;
+        let pr = Projector::new(Config::default(), s.root().clone());
+        let (p, at) = fold_prefix(&s, &pr, as_of)?;
         let resp = query::run(&p, &query::NoRecords, &q)?;
         Ok((resp, p.last_seq, at))
     })
@@ -366,14 +365,14 @@ async fn replay(State(s): State<AppState>, q: RawParams) -> Result<HttpResponse,
     Ok(out)
 }
 
-/// The query routes (the caller adds the operator check).
-pub(super) fn routes() -> Router<AppState> {
+/// The query routes (the caller adds [`super::require_operator`] and its own routes).
+pub fn routes<B: Backend>() -> Router<B> {
     Router::new()
-        .route("/v1/devices", get(devices))
-        .route("/v1/devices/:id", get(device))
-        .route("/v1/devices/:id/history", get(history))
-        .route("/v1/graph", get(graph))
-        .route("/v1/alerts", get(alerts))
-        .route("/v1/stats", get(stats))
-        .route("/v1/replay", get(replay))
+        .route("/v1/devices", get(devices::<B>))
+        .route("/v1/devices/:id", get(device::<B>))
+        .route("/v1/devices/:id/history", get(history::<B>))
+        .route("/v1/graph", get(graph::<B>))
+        .route("/v1/alerts", get(alerts::<B>))
+        .route("/v1/stats", get(stats::<B>))
+        .route("/v1/replay", get(replay::<B>))
 }

@@ -30,8 +30,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use pairbus_projector::api::{self, Backend, MAX_REFUSAL_ALERTS};
+use pairbus_projector::query::RecordSource;
 use pairbus_projector::{Alert, Projections};
 use pairbus_schemas::{Record, RootSecret};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -64,13 +66,7 @@ impl Backend for AppState {
     }
 
     fn record(&self, seq: u64) -> Option<Record> {
-        match self.log.get(seq) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(seq, error = %e, "history: reading a record failed");
-                None
-            }
-        }
+        LogRecords(&*self.log).record(seq).map(Cow::into_owned)
     }
 
     fn range(&self, seqs: Range<u64>) -> Result<Vec<Record>, String> {
@@ -98,6 +94,22 @@ impl Backend for AppState {
             Err(e) => {
                 tracing::error!(error = %e, "reading the refusals journal failed");
                 Vec::new()
+            }
+        }
+    }
+}
+
+/// The sled log as a [`RecordSource`]: `history` reads its entries' event details from it
+/// (the HTTP API through [`AppState`], and `pairbus-broker demo`).
+pub struct LogRecords<'a>(pub &'a dyn LogStore);
+
+impl RecordSource for LogRecords<'_> {
+    fn record(&self, seq: u64) -> Option<Cow<'_, Record>> {
+        match self.0.get(seq) {
+            Ok(r) => r.map(Cow::Owned),
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "history: reading a record failed");
+                None
             }
         }
     }

@@ -5,6 +5,7 @@
 //! cargo run --release -p pairbus-broker --example log_bench -- million    # 1 M records: reads, by_device
 //! cargo run --release -p pairbus-broker --example log_bench -- sync-probe 100   # for strace
 //! cargo run --release -p pairbus-broker --example log_bench -- bydevice   # by_device in a loop, for perf
+//! cargo run --release -p pairbus-broker --example log_bench -- cpu 20480  # N appends at batch 1024, for callgrind
 //! ```
 //!
 //! Data goes under `$BENCH_DIR` (default: the system temp dir).
@@ -212,6 +213,17 @@ fn cpu_note(cpu0: Option<Duration>, n: u64) -> String {
     }
 }
 
+/// This thread's CPU time and run-queue wait so far, from `/proc/thread-self/schedstat`
+/// (nanoseconds, exact): the load-independent cost of a call, and how long it waited for a core.
+fn thread_sched() -> Option<(Duration, Duration)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some((
+        Duration::from_nanos(f.next()??),
+        Duration::from_nanos(f.next()??),
+    ))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -224,18 +236,25 @@ fn by_device_latency(log: &SledLog, label: &str) {
 
 fn by_device_latency_n(log: &SledLog, label: &str, devices: u64, calls: usize) {
     let mut rng = fastrand::Rng::with_seed(3);
-    let mut lat = Vec::new();
+    let (mut lat, mut cpu, mut waited) = (Vec::new(), Vec::new(), Vec::new());
     let mut total = 0;
     for _ in 0..calls {
         let d = device(rng.u64(..devices));
+        let s0 = thread_sched();
         let t = Instant::now();
         let recs = log.by_device(&d, 0..u64::MAX).expect("by_device");
         lat.push(t.elapsed());
+        if let (Some((c0, w0)), Some((c1, w1))) = (s0, thread_sched()) {
+            cpu.push(c1.saturating_sub(c0));
+            waited.push(w1.saturating_sub(w0));
+        }
         total += recs.len();
     }
     lat.sort();
+    cpu.sort();
+    waited.sort();
     println!(
-        "by_device, {label} (avg {} records of one device among {}): min {:?}, p50 {:?}, p99 {:?}, max {:?}",
+        "by_device, {label} (avg {} records of one device among {}): wall min {:?}, p50 {:?}, p99 {:?}, max {:?}",
         total / lat.len(),
         log.head().seq,
         lat[0],
@@ -243,6 +262,17 @@ fn by_device_latency_n(log: &SledLog, label: &str, devices: u64, calls: usize) {
         percentile(&lat, 0.99),
         lat[lat.len() - 1]
     );
+    if !cpu.is_empty() {
+        println!(
+            "  thread CPU per call: p50 {:?}, p99 {:?}, max {:?}; waiting for a core: p50 {:?}, p99 {:?}, max {:?}",
+            percentile(&cpu, 0.5),
+            percentile(&cpu, 0.99),
+            cpu[cpu.len() - 1],
+            percentile(&waited, 0.5),
+            percentile(&waited, 0.99),
+            waited[waited.len() - 1]
+        );
+    }
 }
 
 fn million() {
@@ -384,6 +414,11 @@ fn main() {
             while t.elapsed() < Duration::from_secs(15) {
                 by_device_latency_n(&log, "loop", 200, 200);
             }
+        }
+        Some("cpu") => {
+            // For instruction counts (valgrind --tool=callgrind): N records at batch 1024.
+            let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20_480);
+            append_rate_impl("cpu", 1024, Duration::from_secs(600), n, false);
         }
         Some("frames") => {
             let batch = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1024);

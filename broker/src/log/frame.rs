@@ -24,7 +24,7 @@
 //!                [8] revoked device (only when flags & 1)
 //! ```
 
-use pairbus_schemas::{DeviceId, EventId, Kid, Record};
+use pairbus_schemas::{DeviceId, EventId, Kid, PrincipalKind, Record};
 use thiserror::Error;
 
 /// Frame format version.
@@ -239,11 +239,27 @@ pub struct IndexRef<'a> {
     pub revokes: Option<&'a DeviceId>,
 }
 
+/// A device id as a number: its 16 hex digits read as a big-endian u64 (how index frames
+/// store it, and what the per-device and revoked indexes key on: no string hashing).
+pub fn device_number(d: &DeviceId) -> u64 {
+    device_number_of(d.as_str())
+}
+
+/// [`device_number`] of the text of a device id (16 lower-case hex digits, as a [`DeviceId`]
+/// guarantees; any other byte counts as 0).
+pub(crate) fn device_number_of(hex16: &str) -> u64 {
+    hex16.bytes().fold(0u64, |n, b| {
+        let nibble = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => 0,
+        };
+        (n << 4) | u64::from(nibble)
+    })
+}
+
 fn device_bytes(d: &DeviceId) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    // A DeviceId is always 16 lower-case hex digits; fall back to zeros defensively.
-    let _ = hex::decode_to_slice(d.as_str(), &mut out);
-    out
+    device_number(d).to_be_bytes()
 }
 
 fn device_from_bytes(b: [u8; 8]) -> Result<DeviceId, FrameError> {
@@ -256,12 +272,16 @@ pub fn push_index_entry(out: &mut Vec<u8>, e: IndexRef<'_>) {
     out.extend_from_slice(&e.kid_seq.to_be_bytes());
     out.extend_from_slice(&device_bytes(e.device));
     // Kids are at most "operator:" + 64 characters, well under 255: written in place, then
-    // the length byte is patched (no temporary String per record).
+    // the length byte is patched (no temporary String per record). Same text as `Display`.
     let len_at = out.len();
     out.push(0);
-    {
-        use std::io::Write;
-        let _ = write!(out, "{}", e.kid);
+    match e.kid.kind() {
+        PrincipalKind::Broker => out.extend_from_slice(b"broker"),
+        kind => {
+            out.extend_from_slice(kind.as_str().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(e.kid.name().as_bytes());
+        }
     }
     let kid_len = (out.len() - len_at - 1).min(255);
     out.truncate(len_at + 1 + kid_len);
@@ -436,6 +456,25 @@ mod tests {
         let (first, entries) = decode_index_frame(&ixf).unwrap();
         assert_eq!(first, 7);
         assert_eq!(entries, (0..5u8).map(ix).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn index_entries_keep_every_kind_of_kid() {
+        for kid in [
+            "broker",
+            "operator:admin",
+            "factory:line-1",
+            "device:00112233445566aa",
+        ] {
+            let e = IndexEntry {
+                kid: Kid::parse(kid).unwrap(),
+                ..ix(4)
+            };
+            let mut b = FrameBuilder::new(9, GENESIS);
+            b.push(1, &[7; 32], &[1, 2, 3], e.as_ref());
+            let (_, ixf) = b.finish();
+            assert_eq!(decode_index_frame(&ixf).unwrap(), (9, vec![e]));
+        }
     }
 
     #[test]

@@ -68,6 +68,7 @@
 //! against the events, and every checkpoint (MAC, and hash equal to the record's hash). It
 //! reports the first bad seq and why in a [`VerifyReport`].
 
+mod cache;
 pub mod frame;
 pub mod index;
 mod sled_store;

@@ -1,6 +1,7 @@
 //! [`SledLog`]: the [`LogStore`] over sled 0.34.7 (IO lives here; decisions do not).
 
-use super::frame::{decode_index_frame, FrameBuilder, RecordFrame};
+use super::cache::FrameCache;
+use super::frame::{decode_index_frame, FrameBuilder, RecordFrame, FRAME_TARGET_BYTES};
 use super::index::{plan_batch, Decision, Indexes};
 use super::store::{AppendOutcome, Head, LogError, LogStore, VerifiedEvent};
 use super::verify::{VerifyReport, Walker};
@@ -54,16 +55,20 @@ pub struct LogConfig {
     pub checkpoint_interval_ms: u64,
     /// sled page cache size in bytes.
     pub cache_capacity: u64,
+    /// Bytes of record frames kept for point reads (`get`, `by_device`); 0 turns it off.
+    pub frame_cache_bytes: usize,
 }
 
 impl LogConfig {
-    /// Defaults: a checkpoint every 10,000 records or 60 s, 1 GiB of cache.
+    /// Defaults: a checkpoint every 10,000 records or 60 s, 1 GiB of sled cache, 256 MiB of
+    /// frame cache.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         LogConfig {
             path: path.into(),
             checkpoint_every: 10_000,
             checkpoint_interval_ms: 60_000,
             cache_capacity: 1 << 30,
+            frame_cache_bytes: 256 << 20,
         }
     }
 
@@ -127,6 +132,7 @@ pub struct SledLog {
     broker_key: Key,
     writer: Mutex<Writer>,
     shared: RwLock<Shared>,
+    cache: FrameCache,
     durable: AtomicU64,
     head_tx: watch::Sender<u64>,
 }
@@ -181,7 +187,18 @@ impl SledLog {
             sync_path(parent, "fsync parent directory")?;
         }
 
-        let mut shared = Shared::default();
+        // Size the maps for the records the index frames hold (no rehashing while rebuilding).
+        let expected = db
+            .scan_prefix([INDEX_PREFIX])
+            .keys()
+            .next_back()
+            .transpose()?
+            .and_then(|k| seq_of_key(&k))
+            .unwrap_or(0);
+        let mut shared = Shared {
+            indexes: Indexes::with_capacity(expected as usize),
+            ..Shared::default()
+        };
         let mut next = 1u64;
         for item in db.scan_prefix([INDEX_PREFIX]) {
             let (k, v) = item?;
@@ -263,6 +280,7 @@ impl SledLog {
                 synced_blobs: HashSet::new(),
             }),
             shared: RwLock::new(shared),
+            cache: FrameCache::new(config.frame_cache_bytes, FRAME_TARGET_BYTES),
             durable: AtomicU64::new(head),
             head_tx,
             config,
@@ -314,18 +332,28 @@ impl SledLog {
     }
 
     fn frame_of(&self, seq: u64) -> Option<u64> {
-        let s = self.read_shared();
-        let i = s.frames.partition_point(|&f| f <= seq);
-        i.checked_sub(1).map(|i| s.frames[i])
+        self.frame_no_of(seq).map(|(_, first)| first)
     }
 
-    fn load_frame(&self, first: u64) -> Result<sled::IVec, LogError> {
-        self.db
+    /// The frame holding `seq`: its number (position in the frame list) and first seq.
+    fn frame_no_of(&self, seq: u64) -> Option<(u64, u64)> {
+        frame_containing(&self.read_shared().frames, seq)
+    }
+
+    /// The bytes of frame number `no` (first seq `first`), from the frame cache or sled.
+    fn load_frame(&self, no: u64, first: u64) -> Result<sled::IVec, LogError> {
+        if let Some(v) = self.cache.get(no) {
+            return Ok(v);
+        }
+        let v = self
+            .db
             .get(key(FRAME_PREFIX, first))?
             .ok_or_else(|| LogError::Corrupt {
                 at: format!("frame {first}"),
                 detail: "indexed frame missing".into(),
-            })
+            })?;
+        self.cache.put(no, v.clone());
+        Ok(v)
     }
 
     /// Appends the durable records with seq in `range` to `out`, in order; returns how many.
@@ -420,13 +448,15 @@ impl SledLog {
         let mut batch = sled::Batch::default();
         let mut prev = w.head_hash;
         let mut fb: Option<FrameBuilder> = None;
-        let flush_frame = |fb: FrameBuilder, batch: &mut sled::Batch, frames: &mut Vec<u64>| {
-            let first = fb.first_seq();
-            let (rec, ix) = fb.finish();
-            batch.insert(&key(FRAME_PREFIX, first), rec);
-            batch.insert(&key(INDEX_PREFIX, first), ix);
-            frames.push(first);
-        };
+        let flush_frame =
+            |fb: FrameBuilder, batch: &mut sled::Batch, frames: &mut Vec<(u64, sled::IVec)>| {
+                let first = fb.first_seq();
+                let (rec, ix) = fb.finish();
+                let rec = sled::IVec::from(rec);
+                batch.insert(&key(FRAME_PREFIX, first), rec.clone());
+                batch.insert(&key(INDEX_PREFIX, first), ix);
+                frames.push((first, rec));
+            };
         for (e, d) in events.iter_mut().zip(plan) {
             let Decision::Append(seq) = *d else { continue };
             let r = Record::chain(prev, seq, received_at, std::mem::take(&mut e.bytes));
@@ -474,10 +504,17 @@ impl SledLog {
     }
 }
 
+/// The frame holding `seq` in a list of frame first seqs: its number and first seq.
+fn frame_containing(frames: &[u64], seq: u64) -> Option<(u64, u64)> {
+    let i = frames.partition_point(|&f| f <= seq).checked_sub(1)?;
+    Some((i as u64, frames[i]))
+}
+
 /// What a durable commit produced, for the in-memory state and the caller.
 struct Committed {
     records: Vec<Record>,
-    frames: Vec<u64>,
+    /// First seq and bytes of every frame written.
+    frames: Vec<(u64, sled::IVec)>,
     checkpoint: Option<Checkpoint>,
 }
 
@@ -547,7 +584,10 @@ impl LogStore for SledLog {
         {
             let mut s = self.shared.write().unwrap_or_else(|e| e.into_inner());
             s.indexes.apply(&events, &plan);
-            s.frames.extend(frames);
+            for (first, bytes) in frames {
+                self.cache.put(s.frames.len() as u64, bytes);
+                s.frames.push(first);
+            }
             if checkpoint.is_some() {
                 s.checkpoint = checkpoint;
             }
@@ -582,10 +622,10 @@ impl LogStore for SledLog {
         if seq == 0 || seq > self.durable_seq() {
             return Ok(None);
         }
-        let Some(first) = self.frame_of(seq) else {
+        let Some((no, first)) = self.frame_no_of(seq) else {
             return Ok(None);
         };
-        let v = self.load_frame(first)?;
+        let v = self.load_frame(no, first)?;
         let f = RecordFrame::parse(&v).map_err(|e| LogError::corrupt(first, e))?;
         f.record(seq)
             .map(Some)
@@ -600,29 +640,28 @@ impl LogStore for SledLog {
 
     fn by_device(&self, device: &DeviceId, range: Range<u64>) -> Result<Vec<Record>, LogError> {
         let end = range.end.min(self.durable_seq() + 1);
-        let (seqs, frames): (Vec<u64>, Vec<u64>) = {
+        // (seq, frame number, frame first seq) of every wanted record, under the read lock.
+        let wanted: Vec<(u64, u64, u64)> = {
             let s = self.read_shared();
             let all = s.indexes.device_seqs(device);
             let lo = all.partition_point(|&x| x < range.start);
             let hi = all.partition_point(|&x| x < end).max(lo);
             all[lo..hi]
                 .iter()
-                .map(|&seq| {
-                    let i = s.frames.partition_point(|&f| f <= seq);
-                    (seq, i.checked_sub(1).map(|i| s.frames[i]).unwrap_or(0))
+                .filter_map(|&seq| {
+                    frame_containing(&s.frames, seq).map(|(no, first)| (seq, no, first))
                 })
-                .unzip()
+                .collect()
         };
-        let mut out = Vec::with_capacity(seqs.len());
+        let mut out = Vec::with_capacity(wanted.len());
         let mut cur: Option<(u64, sled::IVec)> = None;
-        for (seq, first) in seqs.into_iter().zip(frames) {
-            if cur.as_ref().map(|c| c.0) != Some(first) {
-                cur = Some((first, self.load_frame(first)?));
-            }
-            if let Some((_, v)) = &cur {
-                let f = RecordFrame::parse(v).map_err(|e| LogError::corrupt(first, e))?;
-                out.push(f.record(seq).map_err(|e| LogError::corrupt(seq, e))?);
-            }
+        for (seq, no, first) in wanted {
+            let v = match &cur {
+                Some((n, v)) if *n == no => v,
+                _ => &cur.insert((no, self.load_frame(no, first)?)).1,
+            };
+            let f = RecordFrame::parse(v).map_err(|e| LogError::corrupt(first, e))?;
+            out.push(f.record(seq).map_err(|e| LogError::corrupt(seq, e))?);
         }
         Ok(out)
     }

@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use pairbus_broker::log::{key, AppendOutcome, LogStore, Problem, SledLog, FRAME_PREFIX};
+use pairbus_broker::log::{
+    key, AppendOutcome, LogStore, Problem, SledLog, FRAME_PREFIX, INDEX_PREFIX,
+};
 use pairbus_schemas::{EventId, Record, GENESIS};
 
 fn committed(o: &AppendOutcome) -> &Record {
@@ -211,6 +213,56 @@ fn log_device_of(r: &Record) -> pairbus_schemas::DeviceId {
     })
     .unwrap()
     .device
+}
+
+/// A damaged index frame (the data the in-memory indexes are rebuilt from) makes `open` fail
+/// with `Corrupt`, never a panic or silently wrong indexes.
+#[test]
+fn a_damaged_index_frame_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_with(dir.path(), 1000, u64::MAX);
+    let mut batch: Vec<_> = (1..=40).map(|i| verified(&action(i % 3, i, i))).collect();
+    batch.push(verified(&revoke(2, 1, 99)));
+    log.append_batch(batch, 5).unwrap();
+    let config = log.config().clone();
+    drop(log);
+    let db = config.open_sled().unwrap();
+    let (k, good) = db.scan_prefix([INDEX_PREFIX]).next().unwrap().unwrap();
+    drop(db);
+    // The kid's first byte (entry 0: id 16, kid seq 8, device 8, then the kid's length),
+    // the flags of the last entry (a revocation), and a truncation.
+    let kid_at = 1 + 8 + 4 + 16 + 8 + 8 + 1;
+    let flags_at = good.len() - 1 - 8;
+    for (what, bad) in [
+        ("kid", {
+            let mut v = good.to_vec();
+            v[kid_at] = b'X';
+            v
+        }),
+        ("flags", {
+            let mut v = good.to_vec();
+            v[flags_at] = 7;
+            v
+        }),
+        ("truncated", good[..good.len() - 3].to_vec()),
+    ] {
+        let db = config.open_sled().unwrap();
+        db.insert(k.clone(), bad).unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let err = SledLog::open(config.clone(), pairbus_schemas::vectors::root()).unwrap_err();
+        assert!(
+            matches!(err, pairbus_broker::log::LogError::Corrupt { .. }),
+            "{what}: {err:?}"
+        );
+    }
+    let db = config.open_sled().unwrap();
+    db.insert(k, good).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let log = open_with(dir.path(), 1000, u64::MAX);
+    assert!(log.is_revoked(&device(2).kid()));
+    assert_eq!(log.by_device(&device(1), 0..u64::MAX).unwrap().len(), 14);
 }
 
 #[test]

@@ -295,8 +295,38 @@ pub fn push_index_entry(out: &mut Vec<u8>, e: IndexRef<'_>) {
     }
 }
 
-/// Decodes an index frame into `(first_seq, entries)`.
-pub fn decode_index_frame(buf: &[u8]) -> Result<(u64, Vec<IndexEntry>), FrameError> {
+/// One index entry as stored, borrowed from its frame: what opening the store reads (no
+/// allocation for device principals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawIndexEntry<'a> {
+    /// The event id.
+    pub id: EventId,
+    /// The principal's own seq.
+    pub kid_seq: u64,
+    /// The device the event is about, as a [`device_number`].
+    pub device: u64,
+    /// The kid's text (checked to be a valid kid).
+    pub kid: &'a str,
+    /// The kid's device number when the kid is a device's.
+    pub kid_device: Option<u64>,
+    /// The revoked device's number, for a `device.revoked`.
+    pub revokes: Option<u64>,
+}
+
+/// The device number of a `device:<16 lower-case hex digits>` kid text.
+fn device_kid_number(kid: &str) -> Option<u64> {
+    let hex = kid.strip_prefix("device:")?;
+    (hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| device_number_of(hex))
+}
+
+/// Walks an index frame, calling `f` with each entry's seq and entry, in order; returns
+/// `(first_seq, count)`. Every field is checked (kids parse, flags known, no trailing bytes);
+/// on an error some entries may already have been passed to `f`.
+pub fn visit_index_frame<'a>(
+    buf: &'a [u8],
+    mut f: impl FnMut(u64, RawIndexEntry<'a>),
+) -> Result<(u64, u32), FrameError> {
     let mut r = Reader::new(buf, 0);
     let v = r.u8()?;
     if v != FRAME_VERSION {
@@ -307,31 +337,62 @@ pub fn decode_index_frame(buf: &[u8]) -> Result<(u64, Vec<IndexEntry>), FrameErr
     if first_seq == 0 || count == 0 {
         return Err(FrameError::Bad("first_seq and count must be ≥ 1"));
     }
-    let mut out = Vec::with_capacity((count as usize).min(FRAME_MAX_RECORDS));
-    for _ in 0..count {
+    if first_seq.checked_add(u64::from(count)).is_none() {
+        return Err(FrameError::Bad("seq overflow"));
+    }
+    for i in 0..count {
         let id = EventId(r.array()?);
         let kid_seq = r.u64()?;
-        let device = device_from_bytes(r.array()?)?;
+        let device = u64::from_be_bytes(r.array()?);
         let kid_len = r.u8()? as usize;
-        let kid_text =
+        let kid =
             std::str::from_utf8(r.take(kid_len)?).map_err(|_| FrameError::Bad("kid utf-8"))?;
-        let kid = Kid::parse(kid_text).map_err(|_| FrameError::Bad("kid"))?;
+        let kid_device = device_kid_number(kid);
+        if kid_device.is_none() && Kid::parse(kid).is_err() {
+            return Err(FrameError::Bad("kid"));
+        }
         let revokes = match r.u8()? {
             0 => None,
-            1 => Some(device_from_bytes(r.array()?)?),
+            1 => Some(u64::from_be_bytes(r.array()?)),
             _ => return Err(FrameError::Bad("flags")),
         };
-        out.push(IndexEntry {
-            id,
-            kid,
-            kid_seq,
-            device,
-            revokes,
-        });
+        f(
+            first_seq + u64::from(i),
+            RawIndexEntry {
+                id,
+                kid_seq,
+                device,
+                kid,
+                kid_device,
+                revokes,
+            },
+        );
     }
     if r.pos != buf.len() {
         return Err(FrameError::Bad("trailing bytes in index frame"));
     }
+    Ok((first_seq, count))
+}
+
+/// Decodes an index frame into `(first_seq, entries)`.
+pub fn decode_index_frame(buf: &[u8]) -> Result<(u64, Vec<IndexEntry>), FrameError> {
+    let mut raw = Vec::new();
+    let (first_seq, _) = visit_index_frame(buf, |_, e| raw.push(e))?;
+    let out = raw
+        .into_iter()
+        .map(|e| {
+            Ok(IndexEntry {
+                id: e.id,
+                kid: Kid::parse(e.kid).map_err(|_| FrameError::Bad("kid"))?,
+                kid_seq: e.kid_seq,
+                device: device_from_bytes(e.device.to_be_bytes())?,
+                revokes: e
+                    .revokes
+                    .map(|d| device_from_bytes(d.to_be_bytes()))
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<_, FrameError>>()?;
     Ok((first_seq, out))
 }
 
@@ -456,6 +517,22 @@ mod tests {
         let (first, entries) = decode_index_frame(&ixf).unwrap();
         assert_eq!(first, 7);
         assert_eq!(entries, (0..5u8).map(ix).collect::<Vec<_>>());
+        let mut raw = Vec::new();
+        assert_eq!(
+            visit_index_frame(&ixf, |seq, e| raw.push((seq, e))).unwrap(),
+            (7, 5)
+        );
+        for (i, (seq, e)) in raw.into_iter().enumerate() {
+            let want = ix(i as u8);
+            assert_eq!(seq, 7 + i as u64);
+            assert_eq!(
+                (e.id, e.kid_seq, e.kid),
+                (want.id, want.kid_seq, "device:00112233445566aa")
+            );
+            assert_eq!(e.device, device_number(&want.device));
+            assert_eq!(e.kid_device, Some(0x0011_2233_4455_66aa));
+            assert_eq!(e.revokes, want.revokes.as_ref().map(device_number));
+        }
     }
 
     #[test]
@@ -512,6 +589,7 @@ mod tests {
             }
             let _ = decode_index_frame(&bytes);
             let _ = decode_index_frame(&ixf);
+            let _ = visit_index_frame(&ixf, |_, _| {});
         }
     }
 }

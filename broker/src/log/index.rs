@@ -5,7 +5,7 @@
 //! events, which are appended and which are refused, without touching the indexes; the store
 //! applies the plan with [`Indexes::apply`] once the commit has been synced.
 
-use super::frame::{device_number, device_number_of, IndexRef};
+use super::frame::{device_number, device_number_of, FrameError, IndexRef, RawIndexEntry};
 use super::store::{AppendOutcome, VerifiedEvent};
 use pairbus_schemas::{DeviceId, EventId, Kid, PrincipalKind};
 use std::collections::{HashMap, HashSet};
@@ -126,29 +126,57 @@ impl Indexes {
             .unwrap_or(&[])
     }
 
-    /// Adds the committed record `seq` (seqs must be added in increasing order).
-    pub fn insert(&mut self, seq: u64, e: IndexRef<'_>) {
-        self.ids.insert(e.id, seq);
-        let key = match PrincipalRef::of(e.kid) {
-            PrincipalRef::Device(n) => PrincipalKey::Device(n),
-            PrincipalRef::Other(kid) => match self.kids.get(kid) {
-                Some(k) => PrincipalKey::Other(*k),
-                None => {
-                    let k = self.kids.len() as u32;
-                    self.kids.insert(kid.clone(), k);
-                    PrincipalKey::Other(k)
-                }
-            },
-        };
-        self.principal.insert((key, e.kid_seq), e.id);
-        self.devices
-            .entry(device_number(e.device))
-            .or_default()
-            .push(seq);
-        if let Some(d) = e.revokes {
-            self.revoked.insert(device_number(d));
+    fn intern(&mut self, kid: &Kid) -> PrincipalKey {
+        match self.kids.get(kid) {
+            Some(k) => PrincipalKey::Other(*k),
+            None => {
+                let k = self.kids.len() as u32;
+                self.kids.insert(kid.clone(), k);
+                PrincipalKey::Other(k)
+            }
+        }
+    }
+
+    fn insert_keyed(
+        &mut self,
+        seq: u64,
+        id: EventId,
+        who: PrincipalKey,
+        kid_seq: u64,
+        device: u64,
+        revokes: Option<u64>,
+    ) {
+        self.ids.insert(id, seq);
+        self.principal.insert((who, kid_seq), id);
+        self.devices.entry(device).or_default().push(seq);
+        if let Some(d) = revokes {
+            self.revoked.insert(d);
         }
         self.len += 1;
+    }
+
+    /// Adds the committed record `seq` (seqs must be added in increasing order).
+    pub fn insert(&mut self, seq: u64, e: IndexRef<'_>) {
+        let who = match PrincipalRef::of(e.kid) {
+            PrincipalRef::Device(n) => PrincipalKey::Device(n),
+            PrincipalRef::Other(kid) => self.intern(kid),
+        };
+        let revokes = e.revokes.map(device_number);
+        self.insert_keyed(seq, e.id, who, e.kid_seq, device_number(e.device), revokes);
+    }
+
+    /// Adds record `seq` from its stored index entry (what opening the store does; no
+    /// allocation unless the principal is not a device).
+    pub fn insert_raw(&mut self, seq: u64, e: RawIndexEntry<'_>) -> Result<(), FrameError> {
+        let who = match e.kid_device {
+            Some(n) => PrincipalKey::Device(n),
+            None => {
+                let kid = Kid::parse(e.kid).map_err(|_| FrameError::Bad("kid"))?;
+                self.intern(&kid)
+            }
+        };
+        self.insert_keyed(seq, e.id, who, e.kid_seq, e.device, e.revokes);
+        Ok(())
     }
 
     /// Applies a durable commit: every `Append` of `plan` for the matching event.

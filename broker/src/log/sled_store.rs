@@ -1,7 +1,9 @@
 //! [`SledLog`]: the [`LogStore`] over sled 0.34.7 (IO lives here; decisions do not).
 
 use super::cache::FrameCache;
-use super::frame::{decode_index_frame, FrameBuilder, RecordFrame, FRAME_TARGET_BYTES};
+use super::frame::{
+    decode_index_frame, visit_index_frame, FrameBuilder, RecordFrame, FRAME_TARGET_BYTES,
+};
 use super::index::{plan_batch, Decision, Indexes};
 use super::store::{AppendOutcome, Head, LogError, LogStore, VerifiedEvent};
 use super::verify::{VerifyReport, Walker};
@@ -158,7 +160,9 @@ impl SledLog {
     pub fn open(config: LogConfig, root: RootSecret) -> Result<Self, LogError> {
         let _span = tracing::info_span!("log.open", path = %config.path.display()).entered();
         std::fs::create_dir_all(&config.path).map_err(LogError::io("create log directory"))?;
+        let started = std::time::Instant::now();
         let db = config.open_sled()?;
+        let sled_ms = started.elapsed().as_millis() as u64;
         match db.get(META_KEY)? {
             Some(tag) if tag.as_ref() == LAYOUT_TAG => {}
             Some(tag) => {
@@ -202,20 +206,32 @@ impl SledLog {
         let mut next = 1u64;
         for item in db.scan_prefix([INDEX_PREFIX]) {
             let (k, v) = item?;
-            let at = || format!("index frame {}", String::from_utf8_lossy(&k));
-            let (first, entries) =
-                decode_index_frame(&v).map_err(|e| LogError::corrupt(at(), e))?;
-            if first != next || seq_of_key(&k) != Some(first) {
+            let at = || format!("index frame {:?}", seq_of_key(&k));
+            let first = seq_of_key(&k).filter(|&f| f == next);
+            if first.is_none() {
                 return Err(LogError::Corrupt {
-                    at: format!("index frame at seq {first}"),
-                    detail: format!("expected seq {next}"),
+                    at: at(),
+                    detail: format!("expected a frame at seq {next}"),
                 });
             }
-            for (i, e) in entries.iter().enumerate() {
-                shared.indexes.insert(first + i as u64, e.as_ref());
+            let mut bad = None;
+            let (first, count) = visit_index_frame(&v, |seq, e| {
+                if bad.is_none() {
+                    bad = shared.indexes.insert_raw(seq, e).err();
+                }
+            })
+            .map_err(|e| LogError::corrupt(at(), e))?;
+            if let Some(e) = bad {
+                return Err(LogError::corrupt(at(), e));
+            }
+            if first != next {
+                return Err(LogError::Corrupt {
+                    at: at(),
+                    detail: format!("frame says seq {first}, expected {next}"),
+                });
             }
             shared.frames.push(first);
-            next = first + entries.len() as u64;
+            next = first + u64::from(count);
         }
         let head_hash = match shared.frames.last() {
             None => GENESIS,
@@ -264,7 +280,13 @@ impl SledLog {
             seq: head,
             hash: head_hash,
         };
-        tracing::info!(head, frames = shared.frames.len(), "log opened");
+        tracing::info!(
+            head,
+            frames = shared.frames.len(),
+            sled_ms,
+            total_ms = started.elapsed().as_millis() as u64,
+            "log opened (indexes rebuilt)"
+        );
         let (head_tx, _) = watch::channel(head);
         Ok(SledLog {
             broker_key: root.derive(&Kid::broker()),

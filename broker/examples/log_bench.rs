@@ -391,6 +391,13 @@ fn million() {
 /// sled open + reading every index frame without decoding it; `SledLog::open`), each with
 /// wall time and the process CPU time it took.
 fn reopen(n: u64) {
+    // The store logs how its open time splits (sled, fsyncs, index rebuild).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "pairbus_broker::log=info",
+        ))
+        .with_writer(std::io::stdout)
+        .init();
     let evs = events(n, 1000, 0, 13);
     let dir = bench_dir();
     let config = LogConfig::new(dir.path());

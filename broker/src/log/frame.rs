@@ -165,6 +165,19 @@ impl<'a> RecordFrame<'a> {
         })
     }
 
+    /// The `i`-th record's fields with the position of its event bytes in the frame (what a
+    /// reader that copies the event later needs; borrows nothing).
+    pub fn locate(&self, i: u32) -> Result<Located, FrameError> {
+        let e = self.entry(i)?;
+        let start = e.event.as_ptr() as usize - self.buf.as_ptr() as usize;
+        Ok(Located {
+            received_at: e.received_at,
+            hash: e.hash,
+            prev: self.prev_of(i)?,
+            event: start..start + e.event.len(),
+        })
+    }
+
     /// The `prev` of the `i`-th record.
     pub fn prev_of(&self, i: u32) -> Result<[u8; 32], FrameError> {
         if i == 0 {
@@ -194,6 +207,19 @@ impl<'a> RecordFrame<'a> {
     pub fn last_hash(&self) -> Result<[u8; 32], FrameError> {
         Ok(self.entry(self.count - 1)?.hash)
     }
+}
+
+/// Where a record is in its frame: see [`RecordFrame::locate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// When the broker received the event, Unix ms.
+    pub received_at: u64,
+    /// The stored hash.
+    pub hash: [u8; 32],
+    /// The `prev` of the record.
+    pub prev: [u8; 32],
+    /// The event's bytes within the frame.
+    pub event: std::ops::Range<usize>,
 }
 
 /// The per-record facts the in-memory indexes are built from.
@@ -574,6 +600,9 @@ mod tests {
             let f = RecordFrame::parse(&rf).unwrap();
             for r in &recs {
                 prop_assert_eq!(&f.record(r.seq).unwrap(), r);
+                let at = f.locate((r.seq - first) as u32).unwrap();
+                prop_assert_eq!((at.prev, at.hash, at.received_at), (r.prev, r.hash, r.received_at));
+                prop_assert_eq!(&rf[at.event], &r.event[..]);
             }
         }
 

@@ -257,7 +257,19 @@ fn a_damaged_index_frame_refuses_to_open() {
         );
     }
     let db = config.open_sled().unwrap();
-    db.insert(k, good).unwrap();
+    db.insert(k, good.clone()).unwrap();
+    // A stray index key far ahead (must not size the maps for 2^60 records, nor open).
+    let stray = key(INDEX_PREFIX, 1 << 60);
+    db.insert(stray, good).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let err = SledLog::open(config.clone(), pairbus_schemas::vectors::root()).unwrap_err();
+    assert!(
+        matches!(err, pairbus_broker::log::LogError::Corrupt { .. }),
+        "{err:?}"
+    );
+    let db = config.open_sled().unwrap();
+    db.remove(stray).unwrap();
     db.flush().unwrap();
     drop(db);
     let log = open_with(dir.path(), 1000, u64::MAX);

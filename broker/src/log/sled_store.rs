@@ -192,14 +192,18 @@ impl SledLog {
         }
         let synced_ms = started.elapsed().as_millis() as u64;
 
-        // Size the maps for the records the index frames hold (no rehashing while rebuilding).
+        // Size the maps for the records the index frames hold (no rehashing while rebuilding):
+        // the last index frame's first seq, bounded by what the db file could hold (every
+        // record takes well over 64 bytes there), so a damaged key cannot ask for a huge map.
+        let db_len = db_file.metadata().map(|m| m.len()).unwrap_or(0);
         let expected = db
             .scan_prefix([INDEX_PREFIX])
             .keys()
             .next_back()
             .transpose()?
             .and_then(|k| seq_of_key(&k))
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .min(db_len / 64);
         let mut shared = Shared {
             indexes: Indexes::with_capacity(expected as usize),
             ..Shared::default()

@@ -57,7 +57,9 @@ pub struct LogConfig {
     pub checkpoint_interval_ms: u64,
     /// sled page cache size in bytes.
     pub cache_capacity: u64,
-    /// Bytes of record frames kept for point reads (`get`, `by_device`); 0 turns it off.
+    /// Bytes of record frames kept for point reads (`get`, `by_device`); 0 turns it off. One
+    /// slot per 16 KiB: frames holding one large event (up to ~80 KiB) can exceed the budget.
+    /// Cached frames share their memory with sled's page cache while sled holds them.
     pub frame_cache_bytes: usize,
 }
 

@@ -145,11 +145,24 @@ impl<'a> RecordFrame<'a> {
 
     /// The `i`-th entry (0-based).
     pub fn entry(&self, i: u32) -> Result<Entry<'a>, FrameError> {
+        self.entry_at(self.offset(i)?)
+    }
+
+    /// Where the `i`-th entry starts, from the offset table (checked to lie past the table).
+    pub fn offset(&self, i: u32) -> Result<usize, FrameError> {
         if i >= self.count {
             return Err(FrameError::Bad("entry index out of range"));
         }
         let mut t = Reader::new(self.buf, RECORD_HEADER + 4 * i as usize);
         let off = t.u32()? as usize;
+        if off < RECORD_HEADER + 4 * self.count as usize {
+            return Err(FrameError::Bad("offset points into the header"));
+        }
+        Ok(off)
+    }
+
+    /// The entry starting at byte `off` (an [`offset`](Self::offset)).
+    pub fn entry_at(&self, off: usize) -> Result<Entry<'a>, FrameError> {
         if off < RECORD_HEADER + 4 * self.count as usize {
             return Err(FrameError::Bad("offset points into the header"));
         }
@@ -168,12 +181,23 @@ impl<'a> RecordFrame<'a> {
     /// The `i`-th record's fields with the position of its event bytes in the frame (what a
     /// reader that copies the event later needs; borrows nothing).
     pub fn locate(&self, i: u32) -> Result<Located, FrameError> {
-        let e = self.entry(i)?;
+        let prev_at = i.checked_sub(1).map(|p| self.offset(p)).transpose()?;
+        self.locate_at(self.offset(i)?, prev_at)
+    }
+
+    /// [`locate`](Self::locate) from the entry's offset and its predecessor's (`None` for the
+    /// first entry): lets a reader of many frames fetch all offset tables before the entries.
+    pub fn locate_at(&self, off: usize, prev_at: Option<usize>) -> Result<Located, FrameError> {
+        let e = self.entry_at(off)?;
+        let prev = match prev_at {
+            None => self.prev,
+            Some(p) => self.entry_at(p)?.hash,
+        };
         let start = e.event.as_ptr() as usize - self.buf.as_ptr() as usize;
         Ok(Located {
             received_at: e.received_at,
             hash: e.hash,
-            prev: self.prev_of(i)?,
+            prev,
             event: start..start + e.event.len(),
         })
     }
@@ -613,7 +637,12 @@ mod tests {
             if !ixf.is_empty() { let i = flip % ixf.len(); ixf[i] ^= 0x5a; }
             for buf in [&bytes, &rf] {
                 if let Ok(f) = RecordFrame::parse(buf) {
-                    for i in 0..f.count.min(1000) { let _ = f.entry(i); }
+                    for i in 0..f.count.min(1000) {
+                        let _ = f.entry(i);
+                        if let Ok(at) = f.locate(i) {
+                            prop_assert!(at.event.end <= buf.len());
+                        }
+                    }
                 }
             }
             let _ = decode_index_frame(&bytes);

@@ -693,8 +693,8 @@ impl LogStore for SledLog {
                 frames.push((no, first, self.load_frame(no, first)?));
             }
         }
-        // 2. where each record is in its frame (offset table, `prev`, entry header);
-        let mut located = Vec::with_capacity(wanted.len());
+        // 2. where each record is in its frame: first the offset tables,
+        let mut offsets = Vec::with_capacity(wanted.len());
         let mut fi = 0;
         for &(seq, no, first) in &wanted {
             while frames[fi].0 != no {
@@ -708,7 +708,18 @@ impl LogStore for SledLog {
                     at: format!("frame {first}"),
                     detail: format!("does not hold seq {seq}"),
                 })? as u32;
-            let at = f.locate(i).map_err(|e| LogError::corrupt(seq, e))?;
+            let off = f.offset(i).map_err(|e| LogError::corrupt(seq, e))?;
+            let prev_at = i.checked_sub(1).map(|p| f.offset(p)).transpose();
+            let prev_at = prev_at.map_err(|e| LogError::corrupt(seq, e))?;
+            offsets.push((seq, fi, off, prev_at));
+        }
+        //    then the entries (`prev`, header);
+        let mut located = Vec::with_capacity(wanted.len());
+        for (seq, fi, off, prev_at) in offsets {
+            let f = RecordFrame::parse(&frames[fi].2).map_err(|e| LogError::corrupt(seq, e))?;
+            let at = f
+                .locate_at(off, prev_at)
+                .map_err(|e| LogError::corrupt(seq, e))?;
             located.push((seq, fi, at));
         }
         // 3. the copies.

@@ -55,7 +55,9 @@
 //! over the log in arrival order). A bounded, direct-mapped **frame cache**
 //! ([`LogConfig::frame_cache_bytes`], 256 MiB by default) keeps frames by frame number as
 //! reference-counted sled values: filled with each durable commit's frames and on a miss,
-//! never invalidated (frames are immutable), a hit always the frame asked for.
+//! never invalidated (frames are immutable), a hit always the frame asked for. `by_device`
+//! reads in short passes (frames, then every offset table, then every entry header and
+//! `prev`, then the copies) so the cache misses of its many records overlap.
 //!
 //! ## Durability
 //!

@@ -5,6 +5,8 @@
 //! cargo run --release -p pairbus-broker --example log_bench -- million    # 1 M records: reads, by_device
 //! cargo run --release -p pairbus-broker --example log_bench -- sync-probe 100   # for strace
 //! cargo run --release -p pairbus-broker --example log_bench -- bydevice   # by_device in a loop, for perf
+//! cargo run --release -p pairbus-broker --example log_bench -- cpu 20480  # N appends at batch 1024, for callgrind
+//! cargo run --release -p pairbus-broker --example log_bench -- reopen 1000000  # where open time goes
 //! ```
 //!
 //! Data goes under `$BENCH_DIR` (default: the system temp dir).
@@ -212,6 +214,20 @@ fn cpu_note(cpu0: Option<Duration>, n: u64) -> String {
     }
 }
 
+/// This thread's CPU time so far (`CLOCK_THREAD_CPUTIME_ID`, exact): the load-independent
+/// cost of a call.
+fn thread_cpu() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -224,18 +240,23 @@ fn by_device_latency(log: &SledLog, label: &str) {
 
 fn by_device_latency_n(log: &SledLog, label: &str, devices: u64, calls: usize) {
     let mut rng = fastrand::Rng::with_seed(3);
-    let mut lat = Vec::new();
+    let (mut lat, mut cpu) = (Vec::new(), Vec::new());
     let mut total = 0;
     for _ in 0..calls {
         let d = device(rng.u64(..devices));
+        let c0 = thread_cpu();
         let t = Instant::now();
         let recs = log.by_device(&d, 0..u64::MAX).expect("by_device");
         lat.push(t.elapsed());
+        if let (Some(c0), Some(c1)) = (c0, thread_cpu()) {
+            cpu.push(c1.saturating_sub(c0));
+        }
         total += recs.len();
     }
     lat.sort();
+    cpu.sort();
     println!(
-        "by_device, {label} (avg {} records of one device among {}): min {:?}, p50 {:?}, p99 {:?}, max {:?}",
+        "by_device, {label} (avg {} records of one device among {}): wall min {:?}, p50 {:?}, p99 {:?}, max {:?}",
         total / lat.len(),
         log.head().seq,
         lat[0],
@@ -243,6 +264,15 @@ fn by_device_latency_n(log: &SledLog, label: &str, devices: u64, calls: usize) {
         percentile(&lat, 0.99),
         lat[lat.len() - 1]
     );
+    if !cpu.is_empty() {
+        println!(
+            "  thread CPU per call: min {:?}, p50 {:?}, p99 {:?}, max {:?}",
+            cpu[0],
+            percentile(&cpu, 0.5),
+            percentile(&cpu, 0.99),
+            cpu[cpu.len() - 1]
+        );
+    }
 }
 
 fn million() {
@@ -331,6 +361,13 @@ fn million() {
     by_device_latency(&log, "in the writing process");
     drop(log);
     let t = Instant::now();
+    let db = config.open_sled().expect("sled alone");
+    println!(
+        "sled open alone (no index rebuild): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    drop(db);
+    let t = Instant::now();
     let log = SledLog::open(config, root()).expect("reopen");
     println!(
         "reopen with {} records (index rebuild): {:.2} s",
@@ -348,6 +385,68 @@ fn million() {
         t.elapsed().as_secs_f64(),
         report.is_ok()
     );
+}
+
+/// Where reopening time goes: N records at batch 1024, then three rounds of (sled open alone;
+/// sled open + reading every index frame without decoding it; `SledLog::open`), each with
+/// wall time and the process CPU time it took.
+fn reopen(n: u64) {
+    // The store logs how its open time splits (sled, fsyncs, index rebuild).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "pairbus_broker::log=info",
+        ))
+        .with_writer(std::io::stdout)
+        .init();
+    let evs = events(n, 1000, 0, 13);
+    let dir = bench_dir();
+    let config = LogConfig::new(dir.path());
+    {
+        let log = SledLog::open(config.clone(), root()).expect("open");
+        for chunk in evs.chunks(1024) {
+            log.append_batch(chunk.to_vec(), now_ms()).expect("append");
+        }
+    }
+    drop(evs);
+    let cpu = |c0: Option<Duration>| match (c0, process_cpu()) {
+        (Some(a), Some(b)) => format!("{:.2} s CPU", (b.saturating_sub(a)).as_secs_f64()),
+        _ => String::new(),
+    };
+    for round in 0..3 {
+        let (t, c0) = (Instant::now(), process_cpu());
+        drop(config.open_sled().expect("sled"));
+        let sled_alone = (t.elapsed().as_secs_f64(), cpu(c0));
+        let (t, c0) = (Instant::now(), process_cpu());
+        let db = config.open_sled().expect("sled");
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        for item in db.scan_prefix([pairbus_broker::log::INDEX_PREFIX]) {
+            let (_, v) = item.expect("scan");
+            frames += 1;
+            bytes += v.len() as u64;
+        }
+        let scan = (t.elapsed().as_secs_f64(), cpu(c0));
+        // Decoding every entry in place, without inserting it anywhere: what any snapshot
+        // format would at best save of the rebuild.
+        let (t, c0) = (Instant::now(), process_cpu());
+        let mut entries = 0u64;
+        for item in db.scan_prefix([pairbus_broker::log::INDEX_PREFIX]) {
+            let (_, v) = item.expect("scan");
+            pairbus_broker::log::frame::visit_index_frame(&v, |_, e| {
+                entries += u64::from(e.kid_device.is_some())
+            })
+            .expect("index frame");
+        }
+        drop(db);
+        let decode = (t.elapsed().as_secs_f64(), cpu(c0));
+        let (t, c0) = (Instant::now(), process_cpu());
+        let log = SledLog::open(config.clone(), root()).expect("reopen");
+        let full = (t.elapsed().as_secs_f64(), cpu(c0));
+        println!(
+            "reopen {n} records, round {round}: sled open alone {:.2} s ({}); + reading {frames} index frames ({:.1} MB) {:.2} s ({}); reading + decoding {entries} entries {:.2} s ({}); SledLog::open (indexes rebuilt) {:.2} s ({})",
+            sled_alone.0, sled_alone.1, bytes as f64 / 1e6, scan.0, scan.1, decode.0, decode.1, full.0, full.1
+        );
+        assert_eq!(log.head().seq, n);
+    }
 }
 
 fn sync_probe(commits: usize) {
@@ -385,13 +484,21 @@ fn main() {
                 by_device_latency_n(&log, "loop", 200, 200);
             }
         }
+        Some("cpu") => {
+            // For instruction counts (valgrind --tool=callgrind): N records at batch 1024.
+            let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20_480);
+            append_rate_impl("cpu", 1024, Duration::from_secs(600), n, false);
+        }
         Some("frames") => {
             let batch = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1024);
             append_rate_impl("frames", batch, Duration::from_secs(5), 600_000, false);
         }
+        Some("reopen") => reopen(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000)),
         Some("sync-probe") => {
             sync_probe(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100));
         }
-        Some(other) => eprintln!("unknown mode {other}: append | million | sync-probe N"),
+        Some(other) => eprintln!(
+            "unknown mode {other}: append | million | frames B | bydevice | cpu N | reopen N | sync-probe N"
+        ),
     }
 }

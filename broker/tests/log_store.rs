@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use pairbus_broker::log::{key, AppendOutcome, LogStore, Problem, FRAME_PREFIX};
+use pairbus_broker::log::{
+    key, AppendOutcome, LogStore, Problem, SledLog, FRAME_PREFIX, INDEX_PREFIX,
+};
 use pairbus_schemas::{EventId, Record, GENESIS};
 
 fn committed(o: &AppendOutcome) -> &Record {
@@ -157,6 +159,122 @@ fn big_batches_span_many_frames_and_reopen() {
     let log = open_with(dir.path(), 1000, u64::MAX);
     assert_eq!(log.range(1..4000).unwrap(), all);
     assert_eq!(log.latest_checkpoint().map(|c| c.seq), Some(2800));
+}
+
+/// `get` and `by_device` answer the same with the frame cache off, tiny (every frame shares
+/// a slot with others), or large, before and after a reopen: the cache never serves a wrong
+/// frame.
+#[test]
+fn point_reads_do_not_depend_on_the_frame_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    {
+        let log = open_with(dir.path(), 1000, u64::MAX);
+        for b in 0..4u64 {
+            let batch: Vec<_> = (0..300)
+                .map(|i| {
+                    n += 1;
+                    verified(&action(i % 7, b * 1000 + i + 1, n))
+                })
+                .collect();
+            log.append_batch(batch, 10 + b).unwrap();
+        }
+    }
+    for cache in [0, 3 * 16 * 1024, 256 << 20] {
+        let mut c = pairbus_broker::log::LogConfig::new(dir.path());
+        c.frame_cache_bytes = cache;
+        let log = SledLog::open(c, pairbus_schemas::vectors::root()).unwrap();
+        let all = log.range(1..2000).unwrap();
+        assert_eq!(all.len(), 1200);
+        for round in 0..2 {
+            for d in 0..8 {
+                let want: Vec<_> = all
+                    .iter()
+                    .filter(|r| log_device_of(r) == device(d))
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    log.by_device(&device(d), 0..u64::MAX).unwrap(),
+                    want,
+                    "cache {cache}, round {round}, device {d}"
+                );
+            }
+            for r in all.iter().rev().step_by(7) {
+                assert_eq!(log.get(r.seq).unwrap().as_ref(), Some(r), "cache {cache}");
+            }
+        }
+    }
+}
+
+fn log_device_of(r: &Record) -> pairbus_schemas::DeviceId {
+    let root = pairbus_schemas::vectors::root();
+    pairbus_schemas::open_event(&r.event, pairbus_schemas::MAX_EVENT_SIZE, |kid| {
+        Some(root.derive(kid))
+    })
+    .unwrap()
+    .device
+}
+
+/// A damaged index frame (the data the in-memory indexes are rebuilt from) makes `open` fail
+/// with `Corrupt`, never a panic or silently wrong indexes.
+#[test]
+fn a_damaged_index_frame_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_with(dir.path(), 1000, u64::MAX);
+    let mut batch: Vec<_> = (1..=40).map(|i| verified(&action(i % 3, i, i))).collect();
+    batch.push(verified(&revoke(2, 1, 99)));
+    log.append_batch(batch, 5).unwrap();
+    let config = log.config().clone();
+    drop(log);
+    let db = config.open_sled().unwrap();
+    let (k, good) = db.scan_prefix([INDEX_PREFIX]).next().unwrap().unwrap();
+    drop(db);
+    // The kid's first byte (entry 0: id 16, kid seq 8, device 8, then the kid's length),
+    // the flags of the last entry (a revocation), and a truncation.
+    let kid_at = 1 + 8 + 4 + 16 + 8 + 8 + 1;
+    let flags_at = good.len() - 1 - 8;
+    for (what, bad) in [
+        ("kid", {
+            let mut v = good.to_vec();
+            v[kid_at] = b'X';
+            v
+        }),
+        ("flags", {
+            let mut v = good.to_vec();
+            v[flags_at] = 7;
+            v
+        }),
+        ("truncated", good[..good.len() - 3].to_vec()),
+    ] {
+        let db = config.open_sled().unwrap();
+        db.insert(k.clone(), bad).unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let err = SledLog::open(config.clone(), pairbus_schemas::vectors::root()).unwrap_err();
+        assert!(
+            matches!(err, pairbus_broker::log::LogError::Corrupt { .. }),
+            "{what}: {err:?}"
+        );
+    }
+    let db = config.open_sled().unwrap();
+    db.insert(k, good.clone()).unwrap();
+    // A stray index key far ahead (must not size the maps for 2^60 records, nor open).
+    let stray = key(INDEX_PREFIX, 1 << 60);
+    db.insert(stray, good).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let err = SledLog::open(config.clone(), pairbus_schemas::vectors::root()).unwrap_err();
+    assert!(
+        matches!(err, pairbus_broker::log::LogError::Corrupt { .. }),
+        "{err:?}"
+    );
+    let db = config.open_sled().unwrap();
+    db.remove(stray).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let log = open_with(dir.path(), 1000, u64::MAX);
+    assert!(log.is_revoked(&device(2).kid()));
+    assert_eq!(log.by_device(&device(1), 0..u64::MAX).unwrap().len(), 14);
 }
 
 #[test]

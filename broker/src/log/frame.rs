@@ -24,7 +24,7 @@
 //!                [8] revoked device (only when flags & 1)
 //! ```
 
-use pairbus_schemas::{DeviceId, EventId, Kid, Record};
+use pairbus_schemas::{DeviceId, EventId, Kid, PrincipalKind, Record};
 use thiserror::Error;
 
 /// Frame format version.
@@ -145,11 +145,24 @@ impl<'a> RecordFrame<'a> {
 
     /// The `i`-th entry (0-based).
     pub fn entry(&self, i: u32) -> Result<Entry<'a>, FrameError> {
+        self.entry_at(self.offset(i)?)
+    }
+
+    /// Where the `i`-th entry starts, from the offset table (checked to lie past the table).
+    pub fn offset(&self, i: u32) -> Result<usize, FrameError> {
         if i >= self.count {
             return Err(FrameError::Bad("entry index out of range"));
         }
         let mut t = Reader::new(self.buf, RECORD_HEADER + 4 * i as usize);
         let off = t.u32()? as usize;
+        if off < RECORD_HEADER + 4 * self.count as usize {
+            return Err(FrameError::Bad("offset points into the header"));
+        }
+        Ok(off)
+    }
+
+    /// The entry starting at byte `off` (an [`offset`](Self::offset)).
+    pub fn entry_at(&self, off: usize) -> Result<Entry<'a>, FrameError> {
         if off < RECORD_HEADER + 4 * self.count as usize {
             return Err(FrameError::Bad("offset points into the header"));
         }
@@ -162,6 +175,30 @@ impl<'a> RecordFrame<'a> {
             received_at,
             hash,
             event,
+        })
+    }
+
+    /// The `i`-th record's fields with the position of its event bytes in the frame (what a
+    /// reader that copies the event later needs; borrows nothing).
+    pub fn locate(&self, i: u32) -> Result<Located, FrameError> {
+        let prev_at = i.checked_sub(1).map(|p| self.offset(p)).transpose()?;
+        self.locate_at(self.offset(i)?, prev_at)
+    }
+
+    /// [`locate`](Self::locate) from the entry's offset and its predecessor's (`None` for the
+    /// first entry): lets a reader of many frames fetch all offset tables before the entries.
+    pub fn locate_at(&self, off: usize, prev_at: Option<usize>) -> Result<Located, FrameError> {
+        let e = self.entry_at(off)?;
+        let prev = match prev_at {
+            None => self.prev,
+            Some(p) => self.entry_at(p)?.hash,
+        };
+        let start = e.event.as_ptr() as usize - self.buf.as_ptr() as usize;
+        Ok(Located {
+            received_at: e.received_at,
+            hash: e.hash,
+            prev,
+            event: start..start + e.event.len(),
         })
     }
 
@@ -194,6 +231,19 @@ impl<'a> RecordFrame<'a> {
     pub fn last_hash(&self) -> Result<[u8; 32], FrameError> {
         Ok(self.entry(self.count - 1)?.hash)
     }
+}
+
+/// Where a record is in its frame: see [`RecordFrame::locate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// When the broker received the event, Unix ms.
+    pub received_at: u64,
+    /// The stored hash.
+    pub hash: [u8; 32],
+    /// The `prev` of the record.
+    pub prev: [u8; 32],
+    /// The event's bytes within the frame.
+    pub event: std::ops::Range<usize>,
 }
 
 /// The per-record facts the in-memory indexes are built from.
@@ -239,11 +289,27 @@ pub struct IndexRef<'a> {
     pub revokes: Option<&'a DeviceId>,
 }
 
+/// A device id as a number: its 16 hex digits read as a big-endian u64 (how index frames
+/// store it, and what the per-device and revoked indexes key on: no string hashing).
+pub fn device_number(d: &DeviceId) -> u64 {
+    device_number_of(d.as_str())
+}
+
+/// [`device_number`] of the text of a device id (16 lower-case hex digits, as a [`DeviceId`]
+/// guarantees; any other byte counts as 0).
+pub(crate) fn device_number_of(hex16: &str) -> u64 {
+    hex16.bytes().fold(0u64, |n, b| {
+        let nibble = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => 0,
+        };
+        (n << 4) | u64::from(nibble)
+    })
+}
+
 fn device_bytes(d: &DeviceId) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    // A DeviceId is always 16 lower-case hex digits; fall back to zeros defensively.
-    let _ = hex::decode_to_slice(d.as_str(), &mut out);
-    out
+    device_number(d).to_be_bytes()
 }
 
 fn device_from_bytes(b: [u8; 8]) -> Result<DeviceId, FrameError> {
@@ -256,12 +322,16 @@ pub fn push_index_entry(out: &mut Vec<u8>, e: IndexRef<'_>) {
     out.extend_from_slice(&e.kid_seq.to_be_bytes());
     out.extend_from_slice(&device_bytes(e.device));
     // Kids are at most "operator:" + 64 characters, well under 255: written in place, then
-    // the length byte is patched (no temporary String per record).
+    // the length byte is patched (no temporary String per record). Same text as `Display`.
     let len_at = out.len();
     out.push(0);
-    {
-        use std::io::Write;
-        let _ = write!(out, "{}", e.kid);
+    match e.kid.kind() {
+        PrincipalKind::Broker => out.extend_from_slice(b"broker"),
+        kind => {
+            out.extend_from_slice(kind.as_str().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(e.kid.name().as_bytes());
+        }
     }
     let kid_len = (out.len() - len_at - 1).min(255);
     out.truncate(len_at + 1 + kid_len);
@@ -275,8 +345,38 @@ pub fn push_index_entry(out: &mut Vec<u8>, e: IndexRef<'_>) {
     }
 }
 
-/// Decodes an index frame into `(first_seq, entries)`.
-pub fn decode_index_frame(buf: &[u8]) -> Result<(u64, Vec<IndexEntry>), FrameError> {
+/// One index entry as stored, borrowed from its frame: what opening the store reads (no
+/// allocation for device principals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawIndexEntry<'a> {
+    /// The event id.
+    pub id: EventId,
+    /// The principal's own seq.
+    pub kid_seq: u64,
+    /// The device the event is about, as a [`device_number`].
+    pub device: u64,
+    /// The kid's text (checked to be a valid kid).
+    pub kid: &'a str,
+    /// The kid's device number when the kid is a device's.
+    pub kid_device: Option<u64>,
+    /// The revoked device's number, for a `device.revoked`.
+    pub revokes: Option<u64>,
+}
+
+/// The device number of a `device:<16 lower-case hex digits>` kid text.
+fn device_kid_number(kid: &str) -> Option<u64> {
+    let hex = kid.strip_prefix("device:")?;
+    (hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| device_number_of(hex))
+}
+
+/// Walks an index frame, calling `f` with each entry's seq and entry, in order; returns
+/// `(first_seq, count)`. Every field is checked (kids parse, flags known, no trailing bytes);
+/// on an error some entries may already have been passed to `f`.
+pub fn visit_index_frame<'a>(
+    buf: &'a [u8],
+    mut f: impl FnMut(u64, RawIndexEntry<'a>),
+) -> Result<(u64, u32), FrameError> {
     let mut r = Reader::new(buf, 0);
     let v = r.u8()?;
     if v != FRAME_VERSION {
@@ -287,31 +387,62 @@ pub fn decode_index_frame(buf: &[u8]) -> Result<(u64, Vec<IndexEntry>), FrameErr
     if first_seq == 0 || count == 0 {
         return Err(FrameError::Bad("first_seq and count must be ≥ 1"));
     }
-    let mut out = Vec::with_capacity((count as usize).min(FRAME_MAX_RECORDS));
-    for _ in 0..count {
+    if first_seq.checked_add(u64::from(count)).is_none() {
+        return Err(FrameError::Bad("seq overflow"));
+    }
+    for i in 0..count {
         let id = EventId(r.array()?);
         let kid_seq = r.u64()?;
-        let device = device_from_bytes(r.array()?)?;
+        let device = u64::from_be_bytes(r.array()?);
         let kid_len = r.u8()? as usize;
-        let kid_text =
+        let kid =
             std::str::from_utf8(r.take(kid_len)?).map_err(|_| FrameError::Bad("kid utf-8"))?;
-        let kid = Kid::parse(kid_text).map_err(|_| FrameError::Bad("kid"))?;
+        let kid_device = device_kid_number(kid);
+        if kid_device.is_none() && Kid::parse(kid).is_err() {
+            return Err(FrameError::Bad("kid"));
+        }
         let revokes = match r.u8()? {
             0 => None,
-            1 => Some(device_from_bytes(r.array()?)?),
+            1 => Some(u64::from_be_bytes(r.array()?)),
             _ => return Err(FrameError::Bad("flags")),
         };
-        out.push(IndexEntry {
-            id,
-            kid,
-            kid_seq,
-            device,
-            revokes,
-        });
+        f(
+            first_seq + u64::from(i),
+            RawIndexEntry {
+                id,
+                kid_seq,
+                device,
+                kid,
+                kid_device,
+                revokes,
+            },
+        );
     }
     if r.pos != buf.len() {
         return Err(FrameError::Bad("trailing bytes in index frame"));
     }
+    Ok((first_seq, count))
+}
+
+/// Decodes an index frame into `(first_seq, entries)`.
+pub fn decode_index_frame(buf: &[u8]) -> Result<(u64, Vec<IndexEntry>), FrameError> {
+    let mut raw = Vec::new();
+    let (first_seq, _) = visit_index_frame(buf, |_, e| raw.push(e))?;
+    let out = raw
+        .into_iter()
+        .map(|e| {
+            Ok(IndexEntry {
+                id: e.id,
+                kid: Kid::parse(e.kid).map_err(|_| FrameError::Bad("kid"))?,
+                kid_seq: e.kid_seq,
+                device: device_from_bytes(e.device.to_be_bytes())?,
+                revokes: e
+                    .revokes
+                    .map(|d| device_from_bytes(d.to_be_bytes()))
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<_, FrameError>>()?;
     Ok((first_seq, out))
 }
 
@@ -436,6 +567,41 @@ mod tests {
         let (first, entries) = decode_index_frame(&ixf).unwrap();
         assert_eq!(first, 7);
         assert_eq!(entries, (0..5u8).map(ix).collect::<Vec<_>>());
+        let mut raw = Vec::new();
+        assert_eq!(
+            visit_index_frame(&ixf, |seq, e| raw.push((seq, e))).unwrap(),
+            (7, 5)
+        );
+        for (i, (seq, e)) in raw.into_iter().enumerate() {
+            let want = ix(i as u8);
+            assert_eq!(seq, 7 + i as u64);
+            assert_eq!(
+                (e.id, e.kid_seq, e.kid),
+                (want.id, want.kid_seq, "device:00112233445566aa")
+            );
+            assert_eq!(e.device, device_number(&want.device));
+            assert_eq!(e.kid_device, Some(0x0011_2233_4455_66aa));
+            assert_eq!(e.revokes, want.revokes.as_ref().map(device_number));
+        }
+    }
+
+    #[test]
+    fn index_entries_keep_every_kind_of_kid() {
+        for kid in [
+            "broker",
+            "operator:admin",
+            "factory:line-1",
+            "device:00112233445566aa",
+        ] {
+            let e = IndexEntry {
+                kid: Kid::parse(kid).unwrap(),
+                ..ix(4)
+            };
+            let mut b = FrameBuilder::new(9, GENESIS);
+            b.push(1, &[7; 32], &[1, 2, 3], e.as_ref());
+            let (_, ixf) = b.finish();
+            assert_eq!(decode_index_frame(&ixf).unwrap(), (9, vec![e]));
+        }
     }
 
     #[test]
@@ -458,6 +624,9 @@ mod tests {
             let f = RecordFrame::parse(&rf).unwrap();
             for r in &recs {
                 prop_assert_eq!(&f.record(r.seq).unwrap(), r);
+                let at = f.locate((r.seq - first) as u32).unwrap();
+                prop_assert_eq!((at.prev, at.hash, at.received_at), (r.prev, r.hash, r.received_at));
+                prop_assert_eq!(&rf[at.event], &r.event[..]);
             }
         }
 
@@ -468,11 +637,17 @@ mod tests {
             if !ixf.is_empty() { let i = flip % ixf.len(); ixf[i] ^= 0x5a; }
             for buf in [&bytes, &rf] {
                 if let Ok(f) = RecordFrame::parse(buf) {
-                    for i in 0..f.count.min(1000) { let _ = f.entry(i); }
+                    for i in 0..f.count.min(1000) {
+                        let _ = f.entry(i);
+                        if let Ok(at) = f.locate(i) {
+                            prop_assert!(at.event.end <= buf.len());
+                        }
+                    }
                 }
             }
             let _ = decode_index_frame(&bytes);
             let _ = decode_index_frame(&ixf);
+            let _ = visit_index_frame(&ixf, |_, _| {});
         }
     }
 }

@@ -5,24 +5,55 @@
 //! events, which are appended and which are refused, without touching the indexes; the store
 //! applies the plan with [`Indexes::apply`] once the commit has been synced.
 
-use super::frame::IndexRef;
+use super::frame::{device_number, device_number_of, FrameError, IndexRef, RawIndexEntry};
 use super::store::{AppendOutcome, VerifiedEvent};
-use pairbus_schemas::{DeviceId, EventId, Kid};
+use pairbus_schemas::{DeviceId, EventId, Kid, PrincipalKind};
 use std::collections::{HashMap, HashSet};
+
+/// The hasher of every index map: foldhash, seeded at random per process (fast on the short,
+/// fixed-size keys used here; the keys come from authenticated principals, and the random seed
+/// keeps collisions from being planned).
+pub(crate) type Hasher = foldhash::fast::RandomState;
+type Map<K, V> = HashMap<K, V, Hasher>;
+type Set<K> = HashSet<K, Hasher>;
+
+/// A principal as the principal index keys it: a device by its number, any other kid by a
+/// small interned number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PrincipalKey {
+    Device(u64),
+    Other(u32),
+}
+
+/// A principal during planning: a device by number, others by reference (not yet interned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PrincipalRef<'a> {
+    Device(u64),
+    Other(&'a Kid),
+}
+
+impl<'a> PrincipalRef<'a> {
+    fn of(kid: &'a Kid) -> Self {
+        match kid.kind() {
+            PrincipalKind::Device => PrincipalRef::Device(device_number_of(kid.name())),
+            _ => PrincipalRef::Other(kid),
+        }
+    }
+}
 
 /// The three exact indexes plus the revoked set.
 #[derive(Debug, Default)]
 pub struct Indexes {
     /// Idempotency: event id → log seq.
-    ids: HashMap<EventId, u64>,
-    /// Interned kids (the principal index keys on a small number).
-    kids: HashMap<Kid, u32>,
-    /// Principal: (kid, principal seq) → event id.
-    principal: HashMap<(u32, u64), EventId>,
-    /// Per device: log seqs in increasing order.
-    devices: HashMap<DeviceId, Vec<u64>>,
-    /// Devices revoked by a committed `device.revoked`.
-    revoked: HashSet<DeviceId>,
+    ids: Map<EventId, u64>,
+    /// Interned non-device kids (devices key on their number).
+    kids: Map<Kid, u32>,
+    /// Principal: (principal, principal seq) → event id.
+    principal: Map<(PrincipalKey, u64), EventId>,
+    /// Per device (by number): log seqs in increasing order.
+    devices: Map<u64, Vec<u64>>,
+    /// Devices (by number) revoked by a committed `device.revoked`.
+    revoked: Set<u64>,
     /// Number of records indexed.
     len: u64,
 }
@@ -37,6 +68,15 @@ pub enum Decision {
 }
 
 impl Indexes {
+    /// Empty indexes with room for `records` records (avoids rehashing while rebuilding).
+    pub fn with_capacity(records: usize) -> Self {
+        Indexes {
+            ids: Map::with_capacity_and_hasher(records, Hasher::default()),
+            principal: Map::with_capacity_and_hasher(records, Hasher::default()),
+            ..Indexes::default()
+        }
+    }
+
     /// Number of records indexed.
     pub fn len(&self) -> u64 {
         self.len
@@ -52,44 +92,91 @@ impl Indexes {
         self.ids.get(id).copied()
     }
 
+    fn key_of(&self, p: PrincipalRef<'_>) -> Option<PrincipalKey> {
+        match p {
+            PrincipalRef::Device(n) => Some(PrincipalKey::Device(n)),
+            PrincipalRef::Other(kid) => self.kids.get(kid).map(|k| PrincipalKey::Other(*k)),
+        }
+    }
+
+    fn slot(&self, p: PrincipalRef<'_>, kid_seq: u64) -> Option<EventId> {
+        let k = self.key_of(p)?;
+        self.principal.get(&(k, kid_seq)).copied()
+    }
+
     /// The event id that holds `(kid, kid_seq)`.
     pub fn principal_slot(&self, kid: &Kid, kid_seq: u64) -> Option<EventId> {
-        let k = self.kids.get(kid)?;
-        self.principal.get(&(*k, kid_seq)).copied()
+        self.slot(PrincipalRef::of(kid), kid_seq)
+    }
+
+    fn revoked_ref(&self, p: PrincipalRef<'_>) -> bool {
+        matches!(p, PrincipalRef::Device(n) if self.revoked.contains(&n))
     }
 
     /// True when `kid` is a device whose revocation is committed.
     pub fn is_revoked(&self, kid: &Kid) -> bool {
-        kid.device_id().is_some_and(|d| self.revoked.contains(&d))
+        self.revoked_ref(PrincipalRef::of(kid))
     }
 
     /// The log seqs of a device's records, in increasing order.
     pub fn device_seqs(&self, device: &DeviceId) -> &[u64] {
-        self.devices.get(device).map(Vec::as_slice).unwrap_or(&[])
+        self.devices
+            .get(&device_number(device))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    fn intern(&mut self, kid: &Kid) -> PrincipalKey {
+        match self.kids.get(kid) {
+            Some(k) => PrincipalKey::Other(*k),
+            None => {
+                let k = self.kids.len() as u32;
+                self.kids.insert(kid.clone(), k);
+                PrincipalKey::Other(k)
+            }
+        }
+    }
+
+    fn insert_keyed(
+        &mut self,
+        seq: u64,
+        id: EventId,
+        who: PrincipalKey,
+        kid_seq: u64,
+        device: u64,
+        revokes: Option<u64>,
+    ) {
+        self.ids.insert(id, seq);
+        self.principal.insert((who, kid_seq), id);
+        self.devices.entry(device).or_default().push(seq);
+        if let Some(d) = revokes {
+            self.revoked.insert(d);
+        }
+        self.len += 1;
     }
 
     /// Adds the committed record `seq` (seqs must be added in increasing order).
     pub fn insert(&mut self, seq: u64, e: IndexRef<'_>) {
-        self.ids.insert(e.id, seq);
-        let k = match self.kids.get(e.kid) {
-            Some(k) => *k,
+        let who = match PrincipalRef::of(e.kid) {
+            PrincipalRef::Device(n) => PrincipalKey::Device(n),
+            PrincipalRef::Other(kid) => self.intern(kid),
+        };
+        let revokes = e.revokes.map(device_number);
+        self.insert_keyed(seq, e.id, who, e.kid_seq, device_number(e.device), revokes);
+    }
+
+    /// Adds record `seq` from its stored index entry (what opening the store does; no
+    /// allocation unless the principal is not a device).
+    pub fn insert_raw(&mut self, seq: u64, e: RawIndexEntry<'_>) -> Result<(), FrameError> {
+        let who = match e.kid_device {
+            Some(n) => PrincipalKey::Device(n),
             None => {
-                let k = self.kids.len() as u32;
-                self.kids.insert(e.kid.clone(), k);
-                k
+                let kid = Kid::parse(e.kid).map_err(|_| FrameError::Bad("kid"))?;
+                self.intern(&kid)
             }
         };
-        self.principal.insert((k, e.kid_seq), e.id);
-        match self.devices.get_mut(e.device) {
-            Some(v) => v.push(seq),
-            None => {
-                self.devices.insert(e.device.clone(), vec![seq]);
-            }
-        }
-        if let Some(d) = e.revokes {
-            self.revoked.insert(d.clone());
-        }
-        self.len += 1;
+        self.insert_keyed(seq, e.id, who, e.kid_seq, e.device, e.revokes);
+        Ok(())
     }
 
     /// Applies a durable commit: every `Append` of `plan` for the matching event.
@@ -111,31 +198,33 @@ impl Indexes {
 /// principal seq never seen before is accepted. One refusal never affects other events.
 pub fn plan_batch(ix: &Indexes, events: &[VerifiedEvent], next_seq: u64) -> Vec<Decision> {
     let mut seq = next_seq;
-    let mut ids: HashMap<EventId, u64> = HashMap::new();
-    let mut slots: HashMap<(&Kid, u64), EventId> = HashMap::new();
-    let mut revoked: HashSet<&DeviceId> = HashSet::new();
-    let mut out = Vec::with_capacity(events.len());
+    let n = events.len();
+    let mut ids: Map<EventId, u64> = Map::with_capacity_and_hasher(n, Hasher::default());
+    let mut slots: Map<(PrincipalRef<'_>, u64), EventId> =
+        Map::with_capacity_and_hasher(n, Hasher::default());
+    let mut revoked: Set<u64> = Set::default();
+    let mut out = Vec::with_capacity(n);
     for e in events {
         if let Some(s) = ix.seq_of(&e.id).or_else(|| ids.get(&e.id).copied()) {
             out.push(Decision::Skip(AppendOutcome::AlreadyCommitted(s)));
             continue;
         }
-        let dev = e.kid.device_id();
-        if ix.is_revoked(&e.kid) || dev.as_ref().is_some_and(|d| revoked.contains(d)) {
+        let who = PrincipalRef::of(&e.kid);
+        if ix.revoked_ref(who) || matches!(who, PrincipalRef::Device(d) if revoked.contains(&d)) {
             out.push(Decision::Skip(AppendOutcome::Revoked));
             continue;
         }
         let holder = ix
-            .principal_slot(&e.kid, e.kid_seq)
-            .or_else(|| slots.get(&(&e.kid, e.kid_seq)).copied());
+            .slot(who, e.kid_seq)
+            .or_else(|| slots.get(&(who, e.kid_seq)).copied());
         if let Some(existing) = holder {
             out.push(Decision::Skip(AppendOutcome::SeqConflict { existing }));
             continue;
         }
         ids.insert(e.id, seq);
-        slots.insert((&e.kid, e.kid_seq), e.id);
+        slots.insert((who, e.kid_seq), e.id);
         if let Some(d) = &e.revokes {
-            revoked.insert(d);
+            revoked.insert(device_number(d));
         }
         out.push(Decision::Append(seq));
         seq += 1;
@@ -238,6 +327,18 @@ mod tests {
         assert_eq!(
             plan_batch(&ix, &later, 4),
             vec![Decision::Skip(AppendOutcome::Revoked)]
+        );
+    }
+
+    #[test]
+    fn device_numbers_are_the_hex_digits() {
+        let d = DeviceId::parse("00112233445566aa").unwrap();
+        assert_eq!(device_number(&d), 0x0011_2233_4455_66aa);
+        let d = DeviceId::parse("fedcba9876543210").unwrap();
+        assert_eq!(device_number(&d), 0xfedc_ba98_7654_3210);
+        assert_ne!(
+            device_number(&DeviceId::parse(DEV_A).unwrap()),
+            device_number(&DeviceId::parse(DEV_B).unwrap())
         );
     }
 

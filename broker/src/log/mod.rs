@@ -43,8 +43,21 @@
 //!
 //! Indexes are **derived data**: idempotency (event id → seq), principal ((kid, seq) → event
 //! id), per-device (device → seqs) and the revoked-device set live in memory and are rebuilt
-//! at open from the index frames (no CBOR parsing, no MAC checks). They are updated only
+//! at open from the index frames (no CBOR parsing, no MAC checks, no allocation per device
+//! record: entries are read in place by [`frame::visit_index_frame`]). They are updated only
 //! after a commit is durable, so dedupe and lookups are exact whenever the store is open.
+//! The maps hash with foldhash (random seed per process); devices and device kids are keyed
+//! by their 64-bit number ([`frame::device_number`]), other kids by an interned number.
+//!
+//! ## Point reads
+//!
+//! `get` and `by_device` read single records out of frames (a device's records are spread
+//! over the log in arrival order). A bounded, direct-mapped **frame cache**
+//! ([`LogConfig::frame_cache_bytes`], 256 MiB by default) keeps frames by frame number as
+//! reference-counted sled values: filled with each durable commit's frames and on a miss,
+//! never invalidated (frames are immutable), a hit always the frame asked for. `by_device`
+//! reads in short passes (frames, then every offset table, then every entry header and
+//! `prev`, then the copies) so the cache misses of its many records overlap.
 //!
 //! ## Durability
 //!
@@ -68,6 +81,7 @@
 //! against the events, and every checkpoint (MAC, and hash equal to the record's hash). It
 //! reports the first bad seq and why in a [`VerifyReport`].
 
+mod cache;
 pub mod frame;
 pub mod index;
 mod sled_store;

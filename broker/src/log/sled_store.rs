@@ -1,6 +1,9 @@
 //! [`SledLog`]: the [`LogStore`] over sled 0.34.7 (IO lives here; decisions do not).
 
-use super::frame::{decode_index_frame, FrameBuilder, RecordFrame};
+use super::cache::FrameCache;
+use super::frame::{
+    decode_index_frame, visit_index_frame, FrameBuilder, RecordFrame, FRAME_TARGET_BYTES,
+};
 use super::index::{plan_batch, Decision, Indexes};
 use super::store::{AppendOutcome, Head, LogError, LogStore, VerifiedEvent};
 use super::verify::{VerifyReport, Walker};
@@ -54,16 +57,22 @@ pub struct LogConfig {
     pub checkpoint_interval_ms: u64,
     /// sled page cache size in bytes.
     pub cache_capacity: u64,
+    /// Bytes of record frames kept for point reads (`get`, `by_device`); 0 turns it off. One
+    /// slot per 16 KiB: frames holding one large event (up to ~80 KiB) can exceed the budget.
+    /// Cached frames share their memory with sled's page cache while sled holds them.
+    pub frame_cache_bytes: usize,
 }
 
 impl LogConfig {
-    /// Defaults: a checkpoint every 10,000 records or 60 s, 1 GiB of cache.
+    /// Defaults: a checkpoint every 10,000 records or 60 s, 1 GiB of sled cache, 256 MiB of
+    /// frame cache.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         LogConfig {
             path: path.into(),
             checkpoint_every: 10_000,
             checkpoint_interval_ms: 60_000,
             cache_capacity: 1 << 30,
+            frame_cache_bytes: 256 << 20,
         }
     }
 
@@ -127,6 +136,7 @@ pub struct SledLog {
     broker_key: Key,
     writer: Mutex<Writer>,
     shared: RwLock<Shared>,
+    cache: FrameCache,
     durable: AtomicU64,
     head_tx: watch::Sender<u64>,
 }
@@ -152,7 +162,9 @@ impl SledLog {
     pub fn open(config: LogConfig, root: RootSecret) -> Result<Self, LogError> {
         let _span = tracing::info_span!("log.open", path = %config.path.display()).entered();
         std::fs::create_dir_all(&config.path).map_err(LogError::io("create log directory"))?;
+        let started = std::time::Instant::now();
         let db = config.open_sled()?;
+        let sled_ms = started.elapsed().as_millis() as u64;
         match db.get(META_KEY)? {
             Some(tag) if tag.as_ref() == LAYOUT_TAG => {}
             Some(tag) => {
@@ -180,25 +192,53 @@ impl SledLog {
         if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_path(parent, "fsync parent directory")?;
         }
+        let synced_ms = started.elapsed().as_millis() as u64;
 
-        let mut shared = Shared::default();
+        // Size the maps for the records the index frames hold (no rehashing while rebuilding):
+        // the last index frame's first seq, bounded by what the db file could hold (every
+        // record takes well over 64 bytes there), so a damaged key cannot ask for a huge map.
+        let db_len = db_file.metadata().map(|m| m.len()).unwrap_or(0);
+        let expected = db
+            .scan_prefix([INDEX_PREFIX])
+            .keys()
+            .next_back()
+            .transpose()?
+            .and_then(|k| seq_of_key(&k))
+            .unwrap_or(0)
+            .min(db_len / 64);
+        let mut shared = Shared {
+            indexes: Indexes::with_capacity(expected as usize),
+            ..Shared::default()
+        };
         let mut next = 1u64;
         for item in db.scan_prefix([INDEX_PREFIX]) {
             let (k, v) = item?;
-            let at = || format!("index frame {}", String::from_utf8_lossy(&k));
-            let (first, entries) =
-                decode_index_frame(&v).map_err(|e| LogError::corrupt(at(), e))?;
-            if first != next || seq_of_key(&k) != Some(first) {
+            let at = || format!("index frame {:?}", seq_of_key(&k));
+            let first = seq_of_key(&k).filter(|&f| f == next);
+            if first.is_none() {
                 return Err(LogError::Corrupt {
-                    at: format!("index frame at seq {first}"),
-                    detail: format!("expected seq {next}"),
+                    at: at(),
+                    detail: format!("expected a frame at seq {next}"),
                 });
             }
-            for (i, e) in entries.iter().enumerate() {
-                shared.indexes.insert(first + i as u64, e.as_ref());
+            let mut bad = None;
+            let (first, count) = visit_index_frame(&v, |seq, e| {
+                if bad.is_none() {
+                    bad = shared.indexes.insert_raw(seq, e).err();
+                }
+            })
+            .map_err(|e| LogError::corrupt(at(), e))?;
+            if let Some(e) = bad {
+                return Err(LogError::corrupt(at(), e));
+            }
+            if first != next {
+                return Err(LogError::Corrupt {
+                    at: at(),
+                    detail: format!("frame says seq {first}, expected {next}"),
+                });
             }
             shared.frames.push(first);
-            next = first + entries.len() as u64;
+            next = first + u64::from(count);
         }
         let head_hash = match shared.frames.last() {
             None => GENESIS,
@@ -247,7 +287,15 @@ impl SledLog {
             seq: head,
             hash: head_hash,
         };
-        tracing::info!(head, frames = shared.frames.len(), "log opened");
+        tracing::info!(
+            head,
+            frames = shared.frames.len(),
+            sled_ms,
+            fsync_ms = synced_ms - sled_ms,
+            rebuild_ms = started.elapsed().as_millis() as u64 - synced_ms,
+            total_ms = started.elapsed().as_millis() as u64,
+            "log opened (indexes rebuilt)"
+        );
         let (head_tx, _) = watch::channel(head);
         Ok(SledLog {
             broker_key: root.derive(&Kid::broker()),
@@ -263,6 +311,7 @@ impl SledLog {
                 synced_blobs: HashSet::new(),
             }),
             shared: RwLock::new(shared),
+            cache: FrameCache::new(config.frame_cache_bytes, FRAME_TARGET_BYTES),
             durable: AtomicU64::new(head),
             head_tx,
             config,
@@ -314,18 +363,28 @@ impl SledLog {
     }
 
     fn frame_of(&self, seq: u64) -> Option<u64> {
-        let s = self.read_shared();
-        let i = s.frames.partition_point(|&f| f <= seq);
-        i.checked_sub(1).map(|i| s.frames[i])
+        self.frame_no_of(seq).map(|(_, first)| first)
     }
 
-    fn load_frame(&self, first: u64) -> Result<sled::IVec, LogError> {
-        self.db
+    /// The frame holding `seq`: its number (position in the frame list) and first seq.
+    fn frame_no_of(&self, seq: u64) -> Option<(u64, u64)> {
+        frame_containing(&self.read_shared().frames, seq)
+    }
+
+    /// The bytes of frame number `no` (first seq `first`), from the frame cache or sled.
+    fn load_frame(&self, no: u64, first: u64) -> Result<sled::IVec, LogError> {
+        if let Some(v) = self.cache.get(no) {
+            return Ok(v);
+        }
+        let v = self
+            .db
             .get(key(FRAME_PREFIX, first))?
             .ok_or_else(|| LogError::Corrupt {
                 at: format!("frame {first}"),
                 detail: "indexed frame missing".into(),
-            })
+            })?;
+        self.cache.put(no, v.clone());
+        Ok(v)
     }
 
     /// Appends the durable records with seq in `range` to `out`, in order; returns how many.
@@ -420,13 +479,15 @@ impl SledLog {
         let mut batch = sled::Batch::default();
         let mut prev = w.head_hash;
         let mut fb: Option<FrameBuilder> = None;
-        let flush_frame = |fb: FrameBuilder, batch: &mut sled::Batch, frames: &mut Vec<u64>| {
-            let first = fb.first_seq();
-            let (rec, ix) = fb.finish();
-            batch.insert(&key(FRAME_PREFIX, first), rec);
-            batch.insert(&key(INDEX_PREFIX, first), ix);
-            frames.push(first);
-        };
+        let flush_frame =
+            |fb: FrameBuilder, batch: &mut sled::Batch, frames: &mut Vec<(u64, sled::IVec)>| {
+                let first = fb.first_seq();
+                let (rec, ix) = fb.finish();
+                let rec = sled::IVec::from(rec);
+                batch.insert(&key(FRAME_PREFIX, first), rec.clone());
+                batch.insert(&key(INDEX_PREFIX, first), ix);
+                frames.push((first, rec));
+            };
         for (e, d) in events.iter_mut().zip(plan) {
             let Decision::Append(seq) = *d else { continue };
             let r = Record::chain(prev, seq, received_at, std::mem::take(&mut e.bytes));
@@ -474,10 +535,17 @@ impl SledLog {
     }
 }
 
+/// The frame holding `seq` in a list of frame first seqs: its number and first seq.
+fn frame_containing(frames: &[u64], seq: u64) -> Option<(u64, u64)> {
+    let i = frames.partition_point(|&f| f <= seq).checked_sub(1)?;
+    Some((i as u64, frames[i]))
+}
+
 /// What a durable commit produced, for the in-memory state and the caller.
 struct Committed {
     records: Vec<Record>,
-    frames: Vec<u64>,
+    /// First seq and bytes of every frame written.
+    frames: Vec<(u64, sled::IVec)>,
     checkpoint: Option<Checkpoint>,
 }
 
@@ -547,7 +615,10 @@ impl LogStore for SledLog {
         {
             let mut s = self.shared.write().unwrap_or_else(|e| e.into_inner());
             s.indexes.apply(&events, &plan);
-            s.frames.extend(frames);
+            for (first, bytes) in frames {
+                self.cache.put(s.frames.len() as u64, bytes);
+                s.frames.push(first);
+            }
             if checkpoint.is_some() {
                 s.checkpoint = checkpoint;
             }
@@ -582,10 +653,10 @@ impl LogStore for SledLog {
         if seq == 0 || seq > self.durable_seq() {
             return Ok(None);
         }
-        let Some(first) = self.frame_of(seq) else {
+        let Some((no, first)) = self.frame_no_of(seq) else {
             return Ok(None);
         };
-        let v = self.load_frame(first)?;
+        let v = self.load_frame(no, first)?;
         let f = RecordFrame::parse(&v).map_err(|e| LogError::corrupt(first, e))?;
         f.record(seq)
             .map(Some)
@@ -600,31 +671,68 @@ impl LogStore for SledLog {
 
     fn by_device(&self, device: &DeviceId, range: Range<u64>) -> Result<Vec<Record>, LogError> {
         let end = range.end.min(self.durable_seq() + 1);
-        let (seqs, frames): (Vec<u64>, Vec<u64>) = {
+        // (seq, frame number, frame first seq) of every wanted record, under the read lock.
+        let wanted: Vec<(u64, u64, u64)> = {
             let s = self.read_shared();
             let all = s.indexes.device_seqs(device);
             let lo = all.partition_point(|&x| x < range.start);
             let hi = all.partition_point(|&x| x < end).max(lo);
             all[lo..hi]
                 .iter()
-                .map(|&seq| {
-                    let i = s.frames.partition_point(|&f| f <= seq);
-                    (seq, i.checked_sub(1).map(|i| s.frames[i]).unwrap_or(0))
+                .filter_map(|&seq| {
+                    frame_containing(&s.frames, seq).map(|(no, first)| (seq, no, first))
                 })
-                .unzip()
+                .collect()
         };
-        let mut out = Vec::with_capacity(seqs.len());
-        let mut cur: Option<(u64, sled::IVec)> = None;
-        for (seq, first) in seqs.into_iter().zip(frames) {
-            if cur.as_ref().map(|c| c.0) != Some(first) {
-                cur = Some((first, self.load_frame(first)?));
-            }
-            if let Some((_, v)) = &cur {
-                let f = RecordFrame::parse(v).map_err(|e| LogError::corrupt(first, e))?;
-                out.push(f.record(seq).map_err(|e| LogError::corrupt(seq, e))?);
+        // The records sit in different frames, so the cost is memory latency. Three short
+        // passes instead of one long one let the CPU overlap the cache misses of many records:
+        // 1. the frames (one per distinct frame number, in order);
+        let mut frames: Vec<(u64, u64, sled::IVec)> = Vec::with_capacity(wanted.len());
+        for &(_, no, first) in &wanted {
+            if frames.last().map(|f| f.0) != Some(no) {
+                frames.push((no, first, self.load_frame(no, first)?));
             }
         }
-        Ok(out)
+        // 2. where each record is in its frame: first the offset tables,
+        let mut offsets = Vec::with_capacity(wanted.len());
+        let mut fi = 0;
+        for &(seq, no, first) in &wanted {
+            while frames[fi].0 != no {
+                fi += 1;
+            }
+            let f = RecordFrame::parse(&frames[fi].2).map_err(|e| LogError::corrupt(first, e))?;
+            let i = seq
+                .checked_sub(f.first_seq)
+                .filter(|&i| i < u64::from(f.count))
+                .ok_or_else(|| LogError::Corrupt {
+                    at: format!("frame {first}"),
+                    detail: format!("does not hold seq {seq}"),
+                })? as u32;
+            let off = f.offset(i).map_err(|e| LogError::corrupt(seq, e))?;
+            let prev_at = i.checked_sub(1).map(|p| f.offset(p)).transpose();
+            let prev_at = prev_at.map_err(|e| LogError::corrupt(seq, e))?;
+            offsets.push((seq, fi, off, prev_at));
+        }
+        //    then the entries (`prev`, header);
+        let mut located = Vec::with_capacity(wanted.len());
+        for (seq, fi, off, prev_at) in offsets {
+            let f = RecordFrame::parse(&frames[fi].2).map_err(|e| LogError::corrupt(seq, e))?;
+            let at = f
+                .locate_at(off, prev_at)
+                .map_err(|e| LogError::corrupt(seq, e))?;
+            located.push((seq, fi, at));
+        }
+        // 3. the copies.
+        Ok(located
+            .into_iter()
+            .map(|(seq, fi, at)| Record {
+                seq,
+                prev: at.prev,
+                hash: at.hash,
+                received_at: at.received_at,
+                event: frames[fi].2[at.event].to_vec(),
+            })
+            .collect())
     }
 
     fn verify(&self) -> Result<VerifyReport, LogError> {

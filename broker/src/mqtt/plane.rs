@@ -10,6 +10,8 @@
 //! - A local link is QoS 0 and stalls for good after `Notification::Unschedule` unless
 //!   `ready()` is called; `LinkTx::publish` blocks when the router queue is full, so local
 //!   links are driven from plain threads, never from tokio workers.
+//! - Accepted sockets keep Nagle's algorithm on; [`super::nodelay`] sets `TCP_NODELAY` on the
+//!   listener rumqttd bound, which Linux passes on to every accepted socket.
 
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
@@ -190,6 +192,11 @@ impl Plane {
                 tracing::error!(plane = name, error = %e, "MQTT listener stopped");
             }
         });
+        // rumqttd leaves Nagle on for accepted sockets: confirmations would wait for the
+        // client's delayed ACK. Set TCP_NODELAY on its listener, which they inherit.
+        if let Err(e) = super::nodelay::on_listener(listen, std::time::Duration::from_secs(5)) {
+            tracing::warn!(plane = name, error = %e, "TCP_NODELAY not set: confirmations may wait for delayed ACKs");
+        }
         let new_link: LinkFn = Box::new(move |client_id: &str| {
             rumqttd::local::LinkBuilder::new(client_id, router_tx.clone())
                 .dynamic_filters(true)

@@ -86,12 +86,25 @@ enum ExportFormat {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PAIRBUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let levels = tracing_subscriber::EnvFilter::try_from_env("PAIRBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    // rumqttd opens ERROR-level spans around every packet it routes (`publish`,
+    // `incoming_payload`), which pass any level filter: formatting their fields took about a
+    // fifth of the router thread under load (BENCHMARKS.md, "Broker under MQTT load"). Its
+    // spans are left out; its events are still logged.
+    let no_rumqttd_spans = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target().starts_with("rumqttd"))
+    });
+    tracing_subscriber::registry()
+        .with(levels)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(no_rumqttd_spans),
         )
-        .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Init {

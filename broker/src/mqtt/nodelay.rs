@@ -160,7 +160,10 @@ mod tests {
             .unwrap();
         let err = on_listener(free, Duration::from_millis(20)).unwrap_err();
         if cfg!(target_os = "linux") {
-            assert!(matches!(err, NodelayError::NotFound(a) if a == free), "{err}");
+            assert!(
+                matches!(err, NodelayError::NotFound(a) if a == free),
+                "{err}"
+            );
         }
     }
 }

@@ -63,13 +63,21 @@ pub struct PlaneSettings {
     pub segment_size: usize,
     /// Number of segments per filter kept in memory.
     pub segment_count: usize,
+    /// Number of segments kept for the `in/` filters that ingest reads: rumqttd acknowledges
+    /// a publish once it is in that log, so this (with ingest's own queue) is how large a
+    /// burst can get ahead of the durable commits before the router drops acknowledged
+    /// events (counted in `pairbus_ingest_router_dropped_total`). Memory, not reserved up
+    /// front: `segment_size` × this at most, kept once a burst has filled it.
+    pub ingest_segment_count: usize,
     /// How long a client may take to send CONNECT, ms.
     pub connect_timeout_ms: u16,
 }
 
 impl PlaneSettings {
     /// Defaults measured to lose nothing under a 50,000-message burst (see BENCHMARKS.md):
-    /// 1 MiB × 16 segments per filter.
+    /// 1 MiB × 16 segments per filter; 1 MiB × 64 for the `in/` filters (≈ 240,000 events of
+    /// 200 bytes, about 5 s of 8 publishers flat out on the 2-core machine of BENCHMARKS.md,
+    /// "Broker under MQTT load").
     pub fn new(name: &'static str, listen: SocketAddr) -> Self {
         PlaneSettings {
             name,
@@ -78,6 +86,7 @@ impl PlaneSettings {
             max_payload: 64 * 1024 + 1024,
             segment_size: 1024 * 1024,
             segment_count: 16,
+            ingest_segment_count: 64,
             connect_timeout_ms: 5_000,
         }
     }
@@ -96,11 +105,20 @@ pub fn next_publish(
     link: &mut LinkRx,
     timeout: std::time::Duration,
 ) -> Result<Option<rumqttd::protocol::Publish>, LinkClosed> {
+    Ok(next_forward(link, timeout)?.map(|f| f.publish))
+}
+
+/// Like [`next_publish`], with the message's position in the router's log of the filter it
+/// matched (`(segment, absolute offset)`, the offset contiguous per filter).
+pub fn next_forward(
+    link: &mut LinkRx,
+    timeout: std::time::Duration,
+) -> Result<Option<rumqttd::Forward>, LinkClosed> {
     use rumqttd::local::LinkError;
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match link.recv_deadline(deadline) {
-            Ok(Some(rumqttd::Notification::Forward(f))) => return Ok(Some(f.publish)),
+            Ok(Some(rumqttd::Notification::Forward(f))) => return Ok(Some(f)),
             Ok(Some(rumqttd::Notification::Unschedule)) => {
                 link.ready().map_err(|e| LinkClosed(e.to_string()))?
             }
@@ -153,7 +171,24 @@ impl Plane {
                 max_outgoing_packet_count: 200,
                 max_segment_size: settings.segment_size,
                 max_segment_count: settings.segment_count,
-                custom_segment: None,
+                custom_segment: Some(
+                    [
+                        "pairbus/v1/in/device/+",
+                        "pairbus/v1/in/operator/+",
+                        "pairbus/v1/in/factory/+",
+                    ]
+                    .into_iter()
+                    .map(|filter| {
+                        (
+                            filter.to_owned(),
+                            rumqttd::SegmentConfig {
+                                max_segment_size: settings.segment_size,
+                                max_segment_count: settings.ingest_segment_count,
+                            },
+                        )
+                    })
+                    .collect(),
+                ),
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
             },

@@ -54,8 +54,9 @@ if [[ -n "${LOADGEN:-}" ]]; then
     broker_bin=${BROKER:?BROKER must name the pairbus-broker binary when LOADGEN is set}
 else
     echo "building the load generator (release)…" >&2
-    exe=$(cargo bench -p pairbus-broker --bench loadgen --no-run 2>&1 | tee /dev/stderr |
-        sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+    cargo bench -p pairbus-broker --bench loadgen --no-run 2>"$work/build.log" ||
+        { cat "$work/build.log" >&2; exit 1; }
+    exe=$(sed -n 's/.*Executable .*(\(.*\)).*/\1/p' "$work/build.log" | tail -1)
     broker_bin="$(dirname "$(dirname "$exe")")/pairbus-broker"
 fi
 [[ -x "$exe" ]] || { echo "load generator not found" >&2; exit 1; }
@@ -115,10 +116,11 @@ for round in $(seq "$ROUNDS"); do
         for target in $TARGETS; do
             dir="$work/$round-$rate-$target"
             start_daemon "$target" "$dir"
-            line=$("$exe" --target "$target" --addr "$addr" "${extra[@]}" \
+            "$exe" --target "$target" --addr "$addr" "${extra[@]}" \
                 --publishers "$PUBLISHERS" --rate "$rate" --duration "$DURATION" \
-                --label "round $round" | tee /dev/stderr | sed -n 's/^RESULT //p')
-            echo "$line" >>"$results"
+                --label "round $round" >"$dir/loadgen.out"
+            grep -v '^RESULT ' "$dir/loadgen.out" >&2 || true
+            sed -n 's/^RESULT //p' "$dir/loadgen.out" >>"$results"
             stop_daemon
         done
     done

@@ -86,6 +86,7 @@ enum ExportFormat {
 }
 
 fn main() -> Result<()> {
+    use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
@@ -98,12 +99,12 @@ fn main() -> Result<()> {
     let no_rumqttd_spans = tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.is_span() && meta.target().starts_with("rumqttd"))
     });
+    // Both as the one layer's filter, so that the disabled spans are never even created.
     tracing_subscriber::registry()
-        .with(levels)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_filter(no_rumqttd_spans),
+                .with_filter(levels.and(no_rumqttd_spans)),
         )
         .init();
     match Cli::parse().command {

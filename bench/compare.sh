@@ -103,6 +103,11 @@ CONF
         ;;
     esac
     wait_port 127.0.0.1 "$port"
+    if [[ "$target" == nats ]]; then
+        # The MQTT listener opens before JetStream is ready for MQTT sessions.
+        for _ in $(seq 100); do grep -q "Server is ready" "$dir/out.log" && break; sleep 0.1; done
+        sleep 1
+    fi
     if [[ "$target" == pairbus ]]; then
         for _ in $(seq 100); do [[ -f "$dir/data/fleet.key" ]] && break; sleep 0.1; done
     fi
@@ -118,7 +123,8 @@ for round in $(seq "$ROUNDS"); do
             start_daemon "$target" "$dir"
             "$exe" --target "$target" --addr "$addr" "${extra[@]}" \
                 --publishers "$PUBLISHERS" --rate "$rate" --duration "$DURATION" \
-                --label "round $round" >"$dir/loadgen.out"
+                --label "round $round" >"$dir/loadgen.out" ||
+                echo "loadgen failed against $target (round $round, rate $rate)" >&2
             grep -v '^RESULT ' "$dir/loadgen.out" >&2 || true
             sed -n 's/^RESULT //p' "$dir/loadgen.out" >>"$results"
             stop_daemon

@@ -433,8 +433,29 @@ async fn run(args: Args) -> Result<()> {
         )));
         publishers.push(client);
     }
-    for t in tasks {
-        t.await.context("publisher task")??;
+    // A publisher blocks in `publish()` while its connection is down (rumqttc's request queue
+    // is full): with `--duration`, give up at duration + drain and count the rest as lost.
+    let give_up = args
+        .events
+        .is_none()
+        .then(|| start + Duration::from_secs_f64(args.duration + args.drain));
+    let mut stuck = 0;
+    for mut t in tasks {
+        let joined = match give_up {
+            Some(at) => match tokio::time::timeout_at(at.into(), &mut t).await {
+                Ok(j) => j,
+                Err(_) => {
+                    t.abort();
+                    stuck += 1;
+                    continue;
+                }
+            },
+            None => t.await,
+        };
+        joined.context("publisher task")??;
+    }
+    if stuck > 0 {
+        eprintln!("{stuck} publisher(s) still blocked at duration + drain: stopped");
     }
     let sending = start.elapsed();
     let drain_end = Instant::now() + Duration::from_secs_f64(args.drain);

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub batches: AtomicU64,
     /// Group commits that failed (nothing of them acknowledged).
     pub commit_errors: AtomicU64,
+    /// Events the MQTT router acknowledged (PUBACK) but dropped before ingest read them.
+    pub router_dropped: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     auth_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// CONNECTs accepted.
@@ -111,6 +113,7 @@ impl Default for Metrics {
             already_committed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             commit_errors: AtomicU64::new(0),
+            router_dropped: AtomicU64::new(0),
             rejected: Mutex::default(),
             auth_refused: Mutex::default(),
             auth_accepted: AtomicU64::new(0),
@@ -186,6 +189,11 @@ impl Metrics {
                 "pairbus_group_commit_errors_total",
                 "Failed group commits.",
                 load(&self.commit_errors),
+            ),
+            (
+                "pairbus_ingest_router_dropped_total",
+                "Events acknowledged by the MQTT router but dropped before ingest read them.",
+                load(&self.router_dropped),
             ),
             (
                 "pairbus_connects_accepted_total",

@@ -117,18 +117,32 @@ enum ExportFormat {
 }
 
 fn main() -> Result<()> {
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let cli = Cli::parse();
     // The demo tells its story on stdout; its logs stay quiet unless asked for.
     let default_filter = match cli.command {
         Command::Demo { .. } => "warn,rumqttd=off",
         _ => "info,rumqttd=warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PAIRBUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+    let levels = tracing_subscriber::EnvFilter::try_from_env("PAIRBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // rumqttd opens ERROR-level spans around every packet it routes (`publish`,
+    // `incoming_payload`), which pass any level filter: formatting their fields took about a
+    // fifth of the router thread under load (BENCHMARKS.md, "Broker under MQTT load"). Its
+    // spans are left out; its events are still logged.
+    let no_rumqttd_spans = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target().starts_with("rumqttd"))
+    });
+    // Both as the one layer's filter, so that the disabled spans are never even created.
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(levels.and(no_rumqttd_spans)),
         )
-        .with_writer(std::io::stderr)
         .init();
     match cli.command {
         Command::Demo {

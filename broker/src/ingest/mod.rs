@@ -7,17 +7,21 @@
 //! - one *reader* per plane: drains its link (calling `ready()` after `Unschedule`, without
 //!   which rumqttd stops delivering for good) into one bounded channel;
 //! - one *committer*: takes everything waiting (up to `max_batch`), checks it, makes one
-//!   durable group commit, then publishes the answers. Nothing is confirmed before
-//!   `append_batch` has returned, i.e. before the flush and the real sync.
+//!   durable group commit, then publishes the answers: first the `committed/` confirmations
+//!   (and refusals), then the log records and whatever the commit hook publishes, each group
+//!   handed to the routers at once (one router wake-up per plane, not one per packet).
+//!   Nothing is confirmed before `append_batch` has returned, i.e. before the flush and the
+//!   real sync.
 
 pub mod check;
+pub mod gaps;
 pub mod keys;
 
 use crate::journal::Journal;
 use crate::log::{AppendOutcome, LogStore};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::PlaneKind;
-use crate::mqtt::plane::{next_publish, Plane, PlaneError};
+use crate::mqtt::plane::{next_forward, Plane, PlaneError};
 use check::Checked;
 use pairbus_schemas::messages::{CommitStatus, Committed, RejectReason, Rejection};
 use pairbus_schemas::topics::{filters, Topic};
@@ -85,33 +89,61 @@ pub struct Ingest {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// The committer's way out: one publishing link per plane.
+/// The committer's way out: one publishing link per plane, buffered. rumqttd's `LinkTx`
+/// wakes the router thread for every packet it is given; [`Outlets::flush`] instead appends
+/// everything a group commit produced to the link's buffer at once and wakes the router once
+/// per plane (the router drains the whole buffer on each wake-up).
 struct Outlets {
     device: LinkTx,
     operator: LinkTx,
+    device_pending: Vec<Packet>,
+    operator_pending: Vec<Packet>,
+}
+
+impl Outlets {
+    fn new(device: LinkTx, operator: LinkTx) -> Self {
+        Outlets {
+            device,
+            operator,
+            device_pending: Vec::new(),
+            operator_pending: Vec::new(),
+        }
+    }
+
+    /// Hands every pending packet to the routers, in order, with one wake-up per plane.
+    fn flush(&mut self) {
+        for (link, pending) in [
+            (&mut self.device, &mut self.device_pending),
+            (&mut self.operator, &mut self.operator_pending),
+        ] {
+            let Some(last) = pending.pop() else {
+                continue;
+            };
+            let count = pending.len() + 1;
+            if !pending.is_empty() {
+                link.buffer().extend(pending.drain(..));
+            }
+            // `send` queues `last` behind the others and notifies the router; the future is
+            // ready at once (it only blocks while the router's queue is full).
+            if let Err(e) = futures_executor::block_on(link.send(last)) {
+                tracing::error!(error = %e, count, "local publish failed");
+            }
+        }
+    }
 }
 
 impl Publish for Outlets {
     fn publish(&mut self, plane: PlaneKind, topic: String, payload: Vec<u8>, retain: bool) {
-        let link = match plane {
-            PlaneKind::Device => &mut self.device,
-            PlaneKind::Operator => &mut self.operator,
+        let pending = match plane {
+            PlaneKind::Device => &mut self.device_pending,
+            PlaneKind::Operator => &mut self.operator_pending,
         };
-        let result = if retain {
-            let publish = RouterPublish::new(
-                bytes::Bytes::from(topic.clone()),
-                bytes::Bytes::from(payload),
-                true,
-            );
-            // `send` only queues for the router: the future is ready at once.
-            let packet = Packet::Publish(publish, None);
-            futures_executor::block_on(link.send(packet))
-        } else {
-            link.publish(topic.clone(), payload)
-        };
-        if let Err(e) = result {
-            tracing::error!(%topic, error = %e, "local publish failed");
-        }
+        let publish = RouterPublish::new(
+            bytes::Bytes::from(topic),
+            bytes::Bytes::from(payload),
+            retain,
+        );
+        pending.push(Packet::Publish(publish, None));
     }
 }
 
@@ -159,20 +191,17 @@ impl Ingest {
         let (tx, rx) = sync_channel(settings.queue);
         let mut threads = Vec::new();
         for (plane, link) in [(PlaneKind::Device, dev_rx), (PlaneKind::Operator, op_rx)] {
-            let (tx, stop) = (tx.clone(), stop.clone());
+            let (tx, stop, metrics) = (tx.clone(), stop.clone(), metrics.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("pairbus-read-{}", plane.as_str()))
-                    .spawn(move || read_loop(plane, link, tx, stop))
+                    .spawn(move || read_loop(plane, link, tx, stop, metrics))
                     .map_err(|e| PlaneError::Runtime("ingest", e))?,
             );
         }
         drop(tx);
         let stop2 = stop.clone();
-        let outlets = Outlets {
-            device: dev_tx,
-            operator: op_tx,
-        };
+        let outlets = Outlets::new(dev_tx, op_tx);
         threads.push(
             std::thread::Builder::new()
                 .name("pairbus-commit".into())
@@ -210,12 +239,31 @@ impl Ingest {
 
 const POLL: Duration = Duration::from_millis(100);
 
-fn read_loop(plane: PlaneKind, mut link: LinkRx, tx: SyncSender<Inbound>, stop: Arc<AtomicBool>) {
+fn read_loop(
+    plane: PlaneKind,
+    mut link: LinkRx,
+    tx: SyncSender<Inbound>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) {
     let span = tracing::info_span!("reader", plane = plane.as_str());
     let _enter = span.enter();
+    let mut gaps = gaps::Gaps::default();
     while !stop.load(Ordering::Relaxed) {
-        match next_publish(&mut link, POLL) {
-            Ok(Some(publish)) => {
+        match next_forward(&mut link, POLL) {
+            Ok(Some(forward)) => {
+                let publish = forward.publish;
+                if let Some((_, offset)) = forward.cursor {
+                    let lost = gaps.observe(gaps::filter_key(&publish.topic), offset);
+                    if lost > 0 {
+                        metrics.router_dropped.fetch_add(lost, Ordering::Relaxed);
+                        tracing::error!(
+                            lost,
+                            "the MQTT router dropped acknowledged events before ingest read \
+                             them (ingest too slow for the burst); devices must re-send them"
+                        );
+                    }
+                }
                 let mut msg = Inbound {
                     plane,
                     topic: publish.topic,
@@ -309,9 +357,16 @@ impl Committer {
         }
     }
 
+    /// Checks, appends and answers one batch; every answer is handed to the routers before
+    /// this returns.
     fn commit(&mut self, batch: Vec<Inbound>) {
         let span = tracing::info_span!("group_commit", size = batch.len());
         let _enter = span.enter();
+        self.commit_batch(batch);
+        self.outlets.flush();
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Inbound>) {
         let mut accepted = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len());
         for m in batch {
@@ -354,21 +409,16 @@ impl Committer {
             }
         };
         self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        // Confirmations first, handed to the routers before the log records and the embedded
+        // projector's fold, so that they do not wait for the rest of the batch.
+        let mut committed = Vec::with_capacity(outcomes.len());
         for (event, outcome) in events.iter().zip(outcomes) {
             let _span = tracing::debug_span!("event", id = %event.id, src = %event.src).entered();
             match outcome {
                 AppendOutcome::Committed(record) => {
                     self.metrics.committed.fetch_add(1, Ordering::Relaxed);
                     self.confirm(event, record.seq, CommitStatus::Committed);
-                    self.outlets.publish(
-                        PlaneKind::Operator,
-                        Topic::Log.to_string(),
-                        record.encode(),
-                        false,
-                    );
-                    if let Some(hook) = self.hook.as_mut() {
-                        hook(&record, event, &mut self.outlets);
-                    }
+                    committed.push((record, event));
                 }
                 AppendOutcome::AlreadyCommitted(seq) => {
                     self.metrics
@@ -395,6 +445,19 @@ impl Committer {
                         event_id: Some(event.id.to_hex()),
                     },
                 ),
+            }
+        }
+        self.outlets.flush();
+        // Then the records, in log order, and the fold.
+        for (record, event) in committed {
+            self.outlets.publish(
+                PlaneKind::Operator,
+                Topic::Log.to_string(),
+                record.encode(),
+                false,
+            );
+            if let Some(hook) = self.hook.as_mut() {
+                hook(&record, event, &mut self.outlets);
             }
         }
     }

@@ -10,6 +10,8 @@
 //! - A local link is QoS 0 and stalls for good after `Notification::Unschedule` unless
 //!   `ready()` is called; `LinkTx::publish` blocks when the router queue is full, so local
 //!   links are driven from plain threads, never from tokio workers.
+//! - Accepted sockets keep Nagle's algorithm on; [`super::nodelay`] sets `TCP_NODELAY` on the
+//!   listener rumqttd bound, which Linux passes on to every accepted socket.
 
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
@@ -61,13 +63,21 @@ pub struct PlaneSettings {
     pub segment_size: usize,
     /// Number of segments per filter kept in memory.
     pub segment_count: usize,
+    /// Number of segments kept for the `in/` filters that ingest reads: rumqttd acknowledges
+    /// a publish once it is in that log, so this (with ingest's own queue) is how large a
+    /// burst can get ahead of the durable commits before the router drops acknowledged
+    /// events (counted in `pairbus_ingest_router_dropped_total`). Memory, not reserved up
+    /// front: `segment_size` × this at most, kept once a burst has filled it.
+    pub ingest_segment_count: usize,
     /// How long a client may take to send CONNECT, ms.
     pub connect_timeout_ms: u16,
 }
 
 impl PlaneSettings {
     /// Defaults measured to lose nothing under a 50,000-message burst (see BENCHMARKS.md):
-    /// 1 MiB × 16 segments per filter.
+    /// 1 MiB × 16 segments per filter; 1 MiB × 64 for the `in/` filters (≈ 240,000 events of
+    /// 200 bytes, about 5 s of 8 publishers flat out on the 2-core machine of BENCHMARKS.md,
+    /// "Broker under MQTT load").
     pub fn new(name: &'static str, listen: SocketAddr) -> Self {
         PlaneSettings {
             name,
@@ -76,6 +86,7 @@ impl PlaneSettings {
             max_payload: 64 * 1024 + 1024,
             segment_size: 1024 * 1024,
             segment_count: 16,
+            ingest_segment_count: 64,
             connect_timeout_ms: 5_000,
         }
     }
@@ -94,11 +105,20 @@ pub fn next_publish(
     link: &mut LinkRx,
     timeout: std::time::Duration,
 ) -> Result<Option<rumqttd::protocol::Publish>, LinkClosed> {
+    Ok(next_forward(link, timeout)?.map(|f| f.publish))
+}
+
+/// Like [`next_publish`], with the message's position in the router's log of the filter it
+/// matched (`(segment, absolute offset)`, the offset contiguous per filter).
+pub fn next_forward(
+    link: &mut LinkRx,
+    timeout: std::time::Duration,
+) -> Result<Option<rumqttd::Forward>, LinkClosed> {
     use rumqttd::local::LinkError;
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match link.recv_deadline(deadline) {
-            Ok(Some(rumqttd::Notification::Forward(f))) => return Ok(Some(f.publish)),
+            Ok(Some(rumqttd::Notification::Forward(f))) => return Ok(Some(f)),
             Ok(Some(rumqttd::Notification::Unschedule)) => {
                 link.ready().map_err(|e| LinkClosed(e.to_string()))?
             }
@@ -151,7 +171,24 @@ impl Plane {
                 max_outgoing_packet_count: 200,
                 max_segment_size: settings.segment_size,
                 max_segment_count: settings.segment_count,
-                custom_segment: None,
+                custom_segment: Some(
+                    [
+                        "pairbus/v1/in/device/+",
+                        "pairbus/v1/in/operator/+",
+                        "pairbus/v1/in/factory/+",
+                    ]
+                    .into_iter()
+                    .map(|filter| {
+                        (
+                            filter.to_owned(),
+                            rumqttd::SegmentConfig {
+                                max_segment_size: settings.segment_size,
+                                max_segment_count: settings.ingest_segment_count,
+                            },
+                        )
+                    })
+                    .collect(),
+                ),
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
             },
@@ -190,6 +227,11 @@ impl Plane {
                 tracing::error!(plane = name, error = %e, "MQTT listener stopped");
             }
         });
+        // rumqttd leaves Nagle on for accepted sockets: confirmations would wait for the
+        // client's delayed ACK. Set TCP_NODELAY on its listener, which they inherit.
+        if let Err(e) = super::nodelay::on_listener(listen, std::time::Duration::from_secs(5)) {
+            tracing::warn!(plane = name, error = %e, "TCP_NODELAY not set: confirmations may wait for delayed ACKs");
+        }
         let new_link: LinkFn = Box::new(move |client_id: &str| {
             rumqttd::local::LinkBuilder::new(client_id, router_tx.clone())
                 .dynamic_filters(true)

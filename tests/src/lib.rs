@@ -565,6 +565,16 @@ pub fn make(
     }
 }
 
+/// Activates a made device from its QR image (as the broker's `operator-admin`, owner
+/// `alice`), then runs the device's own `setup` (its proof of possession). Returns `setup`'s
+/// output.
+pub fn activate_and_set_up(broker: &Broker, m: &Made) -> String {
+    let operator = broker.data.join("operator-admin.toml");
+    let qr = m.png.to_str().expect("QR image path is UTF-8");
+    agent(&operator, &["activate", "--qr", qr, "--owner", "alice"]);
+    agent(&m.identity, &["setup", "--owner", "alice"])
+}
+
 /// The Python of the interop tests' venv (`PAIRBUS_PYTHON`, made by
 /// `tests/interop/setup-venv.sh`); `None` (the test is skipped, with a note) when unset,
 /// except under CI (`CI` set), where a missing Python is a failure.

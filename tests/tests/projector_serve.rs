@@ -10,7 +10,8 @@
 use pairbus_schemas::event::{Action, Body, Metadata};
 use pairbus_schemas::{DeviceId, Event, EventId, Kid};
 use pairbus_tests::{
-    agent, api_get, bin, fleet_root, free_port, make, raw_publish, wait_until, Broker, Made,
+    activate_and_set_up, agent, api_get, bin, fleet_root, free_port, make, raw_publish, wait_until,
+    Broker, Made,
 };
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -118,19 +119,8 @@ fn metric(http: &str, name: &str) -> u64 {
 /// A device made, activated and set up (three events in the log).
 fn configured(broker: &Broker, out: &Path, serial: &str) -> Made {
     let factory = broker.data.join("factory-default.toml");
-    let operator = broker.data.join("operator-admin.toml");
     let m = make(&factory, &[], &broker.device, out, serial, &[]);
-    agent(
-        &operator,
-        &[
-            "activate",
-            "--qr",
-            m.png.to_str().unwrap(),
-            "--owner",
-            "alice",
-        ],
-    );
-    let o = agent(&m.identity, &["setup", "--owner", "alice"]);
+    let o = activate_and_set_up(broker, &m);
     assert!(o.contains("committed"), "{o}");
     m
 }

@@ -13,8 +13,8 @@ use pairbus_schemas::event::{Body, PairingOffered};
 use pairbus_schemas::identity::Identity;
 use pairbus_schemas::{DeviceId, Event, EventId, Kid, RootSecret};
 use pairbus_tests::{
-    agent, agent_output, fleet_root, logged_events, make, point_identity, queued, raw_publish,
-    verify, wait_online, wait_until, Broker, Made, Running,
+    activate_and_set_up, agent, agent_output, fleet_root, logged_events, make, point_identity,
+    queued, raw_publish, verify, wait_online, wait_until, Broker, Made, Running,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -269,17 +269,7 @@ fn offers_to_a_managed_sensor_with_a_reused_or_an_expired_nonce_are_declined() {
         mk("SN-HOSTILE"),
     );
     for d in [&m, &s, &x] {
-        agent(
-            &operator,
-            &[
-                "activate",
-                "--qr",
-                d.png.to_str().unwrap(),
-                "--owner",
-                "alice",
-            ],
-        );
-        agent(&d.identity, &["setup", "--owner", "alice"]);
+        activate_and_set_up(&broker, d);
     }
     let runs: Vec<Running> = [&m, &s, &x]
         .iter()

@@ -3,8 +3,8 @@
 //! log verifies. (The seed of the moments is printed; set `PAIRBUS_SEED` to replay one.)
 
 use pairbus_tests::{
-    agent, agent_output, bin, device_events, drain_outbox, logged_events, make, queued, verify,
-    wait_until, Broker, Made, Running,
+    activate_and_set_up, agent, agent_output, bin, device_events, drain_outbox, logged_events,
+    make, queued, verify, wait_until, Broker, Made, Running,
 };
 use std::io::Read;
 use std::path::Path;
@@ -39,19 +39,8 @@ impl Rng {
 
 fn online_device(broker: &Broker, devices: &Path, serial: &str) -> (Made, (String, u64)) {
     let factory = broker.data.join("factory-default.toml");
-    let operator = broker.data.join("operator-admin.toml");
     let m = make(&factory, &[], &broker.device, devices, serial, &[]);
-    agent(
-        &operator,
-        &[
-            "activate",
-            "--qr",
-            m.png.to_str().unwrap(),
-            "--owner",
-            "alice",
-        ],
-    );
-    let o = agent(&m.identity, &["setup", "--owner", "alice"]);
+    let o = activate_and_set_up(broker, &m);
     assert!(o.contains("delivered: 1 event(s) committed"), "{o}");
     let q = queued(&o);
     (m, (q[0].1.clone(), q[0].2))

@@ -20,3 +20,4 @@ pub mod mqtt;
 pub mod presence;
 pub mod relay;
 pub mod replay;
+pub mod worker;

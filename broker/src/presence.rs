@@ -12,12 +12,12 @@
 //! Cards are not signed: presence is a hint, the log is the record.
 
 use crate::mqtt::plane::{next_publish, Plane, PlaneError};
+use crate::worker::Worker;
 use pairbus_schemas::topics::{filters, Topic};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish as RouterPublish};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -84,8 +84,7 @@ pub fn mirror(topic: &str, payload: &[u8]) -> Result<String, NotMirrored> {
 
 /// The running mirror.
 pub struct PresenceMirror {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl PresenceMirror {
@@ -99,28 +98,18 @@ impl PresenceMirror {
                 reason: e.to_string(),
             })?;
         let (tx, _op_rx) = operator.link("pairbus-presence")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("pairbus-presence".into())
-            .spawn(move || {
-                // Both links stay alive as long as the thread: `sub` and `_op_rx` are held.
-                let _keep = (sub, _op_rx);
-                run(rx, tx, stop2)
-            })
-            .map_err(|e| PlaneError::Runtime("presence", e))?;
-        Ok(PresenceMirror {
-            stop,
-            thread: Some(thread),
+        let worker = Worker::spawn("pairbus-presence", move |stop| {
+            // Both links stay alive as long as the thread: `sub` and `_op_rx` are held.
+            let _keep = (sub, _op_rx);
+            run(rx, tx, stop)
         })
+        .map_err(|e| PlaneError::Runtime("presence", e))?;
+        Ok(PresenceMirror { worker })
     }
 
     /// Stops the copying thread.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.worker.stop();
     }
 }
 

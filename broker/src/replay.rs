@@ -10,13 +10,13 @@
 use crate::log::LogStore;
 use crate::metrics::Metrics;
 use crate::mqtt::plane::{next_publish, Plane, PlaneError};
+use crate::worker::Worker;
 use pairbus_schemas::messages::{ReplayEnd, ReplayRequest};
 use pairbus_schemas::{open_event, DeviceId, EventType, Record, RootSecret, Topic, MAX_EVENT_SIZE};
 use rumqttd::local::{LinkRx, LinkTx};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Most records in one reply.
@@ -100,8 +100,7 @@ pub fn plan(payload: &[u8], head: u64) -> Result<Plan, (Option<String>, BadReque
 
 /// The running service.
 pub struct Replay {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl Replay {
@@ -119,24 +118,16 @@ impl Replay {
                 client_id: "pairbus-replay".into(),
                 reason: e.to_string(),
             })?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("pairbus-replay".into())
-            .spawn(move || run(tx, rx, log, root, metrics, stop2))
-            .map_err(|e| PlaneError::Runtime("replay", e))?;
-        Ok(Replay {
-            stop,
-            thread: Some(thread),
+        let worker = Worker::spawn("pairbus-replay", move |stop| {
+            run(tx, rx, log, root, metrics, stop)
         })
+        .map_err(|e| PlaneError::Runtime("replay", e))?;
+        Ok(Replay { worker })
     }
 
     /// Stops the worker after the reply in progress.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.worker.stop();
     }
 }
 

@@ -74,36 +74,53 @@ impl fmt::Display for PrincipalKind {
 }
 
 /// A device id: the first 16 hex digits of the device's `serial_hash`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(String);
+///
+/// Held inline (16 ASCII bytes, no heap allocation): ids are cloned, hashed and compared on
+/// every event the projector folds. Ordering, equality and hashing are those of the text.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeviceId([u8; 16]);
 
 impl DeviceId {
     /// Parses exactly 16 lower-case hex digits.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        if s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(DeviceId(s.to_owned()))
-        } else {
-            Err(IdError::BadDeviceId(s.to_owned()))
+        match <[u8; 16]>::try_from(s.as_bytes()) {
+            Ok(b) if b.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(DeviceId(b)),
+            _ => Err(IdError::BadDeviceId(s.to_owned())),
         }
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Always ASCII hex (checked by `parse`, the only constructor), so this never fails.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The kid of this device (`device:<id>`).
     pub fn kid(&self) -> Kid {
         Kid {
             kind: PrincipalKind::Device,
-            name: self.0.clone(),
+            name: self.as_str().to_owned(),
         }
+    }
+}
+
+/// Hashes like the id's text (a `str`), as when the id was a `String`: hash-map layouts and
+/// iteration orders do not change with the representation.
+impl std::hash::Hash for DeviceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DeviceId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -162,7 +179,11 @@ impl Kid {
 
     /// The device id, when this is a device's kid.
     pub fn device_id(&self) -> Option<DeviceId> {
-        (self.kind == PrincipalKind::Device).then(|| DeviceId(self.name.clone()))
+        if self.kind != PrincipalKind::Device {
+            return None;
+        }
+        // A device kid's name was parsed as a device id (`Kid::new`), so this is `Some`.
+        DeviceId::parse(&self.name).ok()
     }
 }
 

@@ -312,10 +312,10 @@ impl Step<'_> {
             event_id: None,
             device: None,
             status: Status::Refused,
-            refusal: Some(Refusal {
+            refusal: Some(Box::new(Refusal {
                 code: Code::Malformed,
                 detail: detail.clone(),
-            }),
+            })),
             gap: None,
         });
         self.fx.push(Effect::Trail {
@@ -366,7 +366,7 @@ impl Step<'_> {
             Ok(()) => (Status::Accepted, None),
             Err(r) => {
                 self.alert(r.code, Some(&ev.device), Some(ev), r.detail.clone());
-                (Status::Refused, Some(r))
+                (Status::Refused, Some(Box::new(r)))
             }
         };
         let (ts, event_type, src_seq, id) = (ev.ts, ev.event_type(), ev.seq, ev.id);
@@ -382,7 +382,7 @@ impl Step<'_> {
             device: None,
             status,
             refusal,
-            gap,
+            gap: gap.map(Box::new),
         };
         let key = device.clone();
         entry.device = Some(device);

@@ -104,11 +104,10 @@ impl DeviceId {
     }
 }
 
-/// Hashes like the id's text (a `str`), as when the id was a `String`: hash-map layouts and
-/// iteration orders do not change with the representation.
+/// Hashes the 16 bytes of the id (consistent with `Eq`; no UTF-8 check on this hot path).
 impl std::hash::Hash for DeviceId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
+        state.write(&self.0)
     }
 }
 

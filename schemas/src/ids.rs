@@ -99,7 +99,7 @@ impl DeviceId {
     pub fn kid(&self) -> Kid {
         Kid {
             kind: PrincipalKind::Device,
-            name: self.as_str().to_owned(),
+            name: Name::Device(self.clone()),
         }
     }
 }
@@ -124,10 +124,61 @@ impl fmt::Display for DeviceId {
 }
 
 /// A principal's key id: `factory:<name>`, `device:<device_id>`, `operator:<name>` or `broker`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// A device's name is held as a [`DeviceId`] (inline, no heap allocation): device kids are
+/// parsed, compared and hashed on every event. Ordering is by kind, then name text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Kid {
     kind: PrincipalKind,
-    name: String,
+    name: Name,
+}
+
+/// A kid's name: a device id for a device (always), text for the other kinds (always).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Name {
+    Device(DeviceId),
+    Text(String),
+}
+
+impl Name {
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Device(d) => d.as_str(),
+            Name::Text(s) => s,
+        }
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Name::Device(_) => 0,
+            Name::Text(_) => 1,
+        }
+    }
+}
+
+/// By text (as when names were `String`s), the variant only breaking ties that the
+/// constructors never produce (within one kind, the variant is fixed).
+impl Ord for Name {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str()
+            .cmp(other.as_str())
+            .then(self.rank().cmp(&other.rank()))
+    }
+}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for Kid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kid")
+            .field("kind", &self.kind)
+            .field("name", &self.name())
+            .finish()
+    }
 }
 
 impl Kid {
@@ -135,7 +186,7 @@ impl Kid {
     pub fn broker() -> Self {
         Kid {
             kind: PrincipalKind::Broker,
-            name: String::new(),
+            name: Name::Text(String::new()),
         }
     }
 
@@ -147,7 +198,7 @@ impl Kid {
             PrincipalKind::Device => Ok(DeviceId::parse(name)?.kid()),
             _ if is_valid_id(name) => Ok(Kid {
                 kind,
-                name: name.to_owned(),
+                name: Name::Text(name.to_owned()),
             }),
             _ => Err(IdError::BadId(name.to_owned())),
         }
@@ -173,16 +224,15 @@ impl Kid {
 
     /// The name after the colon (the device id for a device; empty for the broker).
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
 
     /// The device id, when this is a device's kid.
     pub fn device_id(&self) -> Option<DeviceId> {
-        if self.kind != PrincipalKind::Device {
-            return None;
+        match &self.name {
+            Name::Device(d) if self.kind == PrincipalKind::Device => Some(d.clone()),
+            _ => None,
         }
-        // A device kid's name was parsed as a device id (`Kid::new`), so this is `Some`.
-        DeviceId::parse(&self.name).ok()
     }
 }
 
@@ -190,7 +240,7 @@ impl fmt::Display for Kid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             PrincipalKind::Broker => f.write_str("broker"),
-            kind => write!(f, "{kind}:{}", self.name),
+            kind => write!(f, "{kind}:{}", self.name()),
         }
     }
 }

@@ -14,9 +14,7 @@ use crate::model::{
 use fxhash::{FxHashMap, FxHashSet};
 use pairbus_schemas::event::{Command, Outcome};
 use pairbus_schemas::qr::{verify_qr, QrError};
-use pairbus_schemas::{
-    Body, DeviceId, Event, EventId, Key, Kid, PrincipalKind, Record, RootSecret, GENESIS,
-};
+use pairbus_schemas::{Body, DeviceId, Event, EventId, Key, Kid, Record, RootSecret, GENESIS};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Default claim window: 24 hours.
@@ -262,7 +260,7 @@ struct Step<'a> {
 
 /// True when the event is signed by the device it is about (no allocation).
 fn is_own(ev: &Event) -> bool {
-    ev.src.kind() == PrincipalKind::Device && ev.src.name() == ev.device.as_str()
+    ev.src.is_device(&ev.device)
 }
 
 fn refuse<T>(code: Code, detail: impl Into<String>) -> Result<T, Refusal> {

@@ -227,6 +227,11 @@ impl Kid {
         self.name.as_str()
     }
 
+    /// True when this is the kid of device `d` (compares the ids inline, no allocation).
+    pub fn is_device(&self, d: &DeviceId) -> bool {
+        matches!(&self.name, Name::Device(x) if self.kind == PrincipalKind::Device && x == d)
+    }
+
     /// The device id, when this is a device's kid.
     pub fn device_id(&self) -> Option<DeviceId> {
         match &self.name {
@@ -312,6 +317,52 @@ mod tests {
         ] {
             assert!(Kid::parse(s).is_err(), "{s} must be refused");
         }
+    }
+
+    #[test]
+    fn inline_ids_order_compare_and_print_as_their_text() {
+        let texts = [
+            "broker",
+            "device:0000000000000001",
+            "device:e80421321203c37f",
+            "factory:a",
+            "factory:line-1",
+            "operator:admin",
+            "operator:b",
+        ];
+        let mut kids: Vec<Kid> = texts.iter().rev().map(|s| Kid::parse(s).unwrap()).collect();
+        kids.sort();
+        // Kids order by kind, then by name text (as when the name was a `String`).
+        let by_kid: Vec<(PrincipalKind, String)> = kids
+            .iter()
+            .map(|k| (k.kind(), k.name().to_owned()))
+            .collect();
+        let mut by_text: Vec<(PrincipalKind, String)> = texts
+            .iter()
+            .map(|s| {
+                let k = Kid::parse(s).unwrap();
+                (k.kind(), k.name().to_owned())
+            })
+            .collect();
+        by_text.sort();
+        assert_eq!(by_kid, by_text);
+        let d = DeviceId::parse("e80421321203c37f").unwrap();
+        let e = DeviceId::parse("e80421321203c37e").unwrap();
+        assert!(e < d);
+        assert_eq!(d.as_str(), "e80421321203c37f");
+        assert_eq!(format!("{d:?}"), r#"DeviceId("e80421321203c37f")"#);
+        let k = d.kid();
+        assert!(k.is_device(&d) && !k.is_device(&e));
+        assert_eq!(k.device_id(), Some(d.clone()));
+        assert_eq!(k, Kid::parse("device:e80421321203c37f").unwrap());
+        assert_eq!(
+            format!("{k:?}"),
+            r#"Kid { kind: Device, name: "e80421321203c37f" }"#
+        );
+        let op = Kid::parse("operator:e80421321203c37f").unwrap();
+        assert!(!op.is_device(&d));
+        assert_eq!(op.device_id(), None);
+        assert_ne!(op, k);
     }
 
     #[test]

@@ -53,6 +53,11 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    println!(
+        "trail entry: {} bytes in the trail (plus its boxed refusal or seq gap, when it has one)",
+        std::mem::size_of::<pairbus_projector::model::TrailEntry>()
+    );
+
     let c = cpu_ns();
     let mut ok = 0usize;
     for r in &records {

@@ -95,7 +95,7 @@ fn signer_ok(e: &Event) -> bool {
     }
     match &e.body {
         Body::Manufactured(_) => e.check_signer().is_ok(),
-        _ => kind != pairbus_schemas::PrincipalKind::Device || e.src.name() == e.device.as_str(),
+        _ => kind != pairbus_schemas::PrincipalKind::Device || e.src.is_device(&e.device),
     }
 }
 

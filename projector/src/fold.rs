@@ -14,9 +14,7 @@ use crate::model::{
 use fxhash::{FxHashMap, FxHashSet};
 use pairbus_schemas::event::{Command, Outcome};
 use pairbus_schemas::qr::{verify_qr, QrError};
-use pairbus_schemas::{
-    Body, DeviceId, Event, EventId, Key, Kid, PrincipalKind, Record, RootSecret, GENESIS,
-};
+use pairbus_schemas::{Body, DeviceId, Event, EventId, Key, Kid, Record, RootSecret, GENESIS};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Default claim window: 24 hours.
@@ -262,7 +260,7 @@ struct Step<'a> {
 
 /// True when the event is signed by the device it is about (no allocation).
 fn is_own(ev: &Event) -> bool {
-    ev.src.kind() == PrincipalKind::Device && ev.src.name() == ev.device.as_str()
+    ev.src.is_device(&ev.device)
 }
 
 fn refuse<T>(code: Code, detail: impl Into<String>) -> Result<T, Refusal> {
@@ -312,10 +310,10 @@ impl Step<'_> {
             event_id: None,
             device: None,
             status: Status::Refused,
-            refusal: Some(Refusal {
+            refusal: Some(Box::new(Refusal {
                 code: Code::Malformed,
                 detail: detail.clone(),
-            }),
+            })),
             gap: None,
         });
         self.fx.push(Effect::Trail {
@@ -366,7 +364,7 @@ impl Step<'_> {
             Ok(()) => (Status::Accepted, None),
             Err(r) => {
                 self.alert(r.code, Some(&ev.device), Some(ev), r.detail.clone());
-                (Status::Refused, Some(r))
+                (Status::Refused, Some(Box::new(r)))
             }
         };
         let (ts, event_type, src_seq, id) = (ev.ts, ev.event_type(), ev.seq, ev.id);
@@ -382,7 +380,7 @@ impl Step<'_> {
             device: None,
             status,
             refusal,
-            gap,
+            gap: gap.map(Box::new),
         };
         let key = device.clone();
         entry.device = Some(device);

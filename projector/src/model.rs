@@ -341,10 +341,11 @@ pub struct TrailEntry {
     pub device: Option<DeviceId>,
     /// Accepted or refused.
     pub status: Status,
-    /// Why it was refused.
-    pub refusal: Option<Refusal>,
+    /// Why it was refused (boxed, as the gap: both are rare, and a trail holds one entry per
+    /// event, so the entry stays small).
+    pub refusal: Option<Box<Refusal>>,
     /// A gap in the signer's seq just before this event.
-    pub gap: Option<Gap>,
+    pub gap: Option<Box<Gap>>,
 }
 
 /// An anomaly (`pairbus/v1/audit/alerts`).

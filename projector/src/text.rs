@@ -26,6 +26,7 @@ pub fn history(h: &History) -> String {
         let gap = e
             .entry
             .gap
+            .as_ref()
             .map(|g| format!(" [seq gap: expected {}, got {}]", g.expected, g.got))
             .unwrap_or_default();
         let _ = writeln!(

@@ -349,7 +349,7 @@ fn actions_count_per_day_and_seq_gaps_are_recorded() {
     assert_eq!(p.stats["login"][&day], 2);
     let last = p.trails[&d].last().unwrap();
     assert_eq!(last.status, Status::Accepted);
-    let gap = last.gap.unwrap();
+    let gap = last.gap.as_deref().copied().unwrap();
     assert_eq!(gap.got - gap.expected, 3);
     assert_eq!(alert_codes(&p), [Code::SeqGap]);
 }

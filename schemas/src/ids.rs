@@ -74,44 +74,111 @@ impl fmt::Display for PrincipalKind {
 }
 
 /// A device id: the first 16 hex digits of the device's `serial_hash`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(String);
+///
+/// Held inline (16 ASCII bytes, no heap allocation): ids are cloned, hashed and compared on
+/// every event the projector folds. Ordering, equality and hashing are those of the text.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeviceId([u8; 16]);
 
 impl DeviceId {
     /// Parses exactly 16 lower-case hex digits.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        if s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(DeviceId(s.to_owned()))
-        } else {
-            Err(IdError::BadDeviceId(s.to_owned()))
+        match <[u8; 16]>::try_from(s.as_bytes()) {
+            Ok(b) if b.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(DeviceId(b)),
+            _ => Err(IdError::BadDeviceId(s.to_owned())),
         }
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Always ASCII hex (checked by `parse`, the only constructor), so this never fails.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The kid of this device (`device:<id>`).
     pub fn kid(&self) -> Kid {
         Kid {
             kind: PrincipalKind::Device,
-            name: self.0.clone(),
+            name: Name::Device(self.clone()),
         }
+    }
+}
+
+/// Hashes the 16 bytes of the id (consistent with `Eq`; no UTF-8 check on this hot path).
+impl std::hash::Hash for DeviceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.0)
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DeviceId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 /// A principal's key id: `factory:<name>`, `device:<device_id>`, `operator:<name>` or `broker`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// A device's name is held as a [`DeviceId`] (inline, no heap allocation): device kids are
+/// parsed, compared and hashed on every event. Ordering is by kind, then name text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Kid {
     kind: PrincipalKind,
-    name: String,
+    name: Name,
+}
+
+/// A kid's name: a device id for a device (always), text for the other kinds (always).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Name {
+    Device(DeviceId),
+    Text(String),
+}
+
+impl Name {
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Device(d) => d.as_str(),
+            Name::Text(s) => s,
+        }
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Name::Device(_) => 0,
+            Name::Text(_) => 1,
+        }
+    }
+}
+
+/// By text (as when names were `String`s), the variant only breaking ties that the
+/// constructors never produce (within one kind, the variant is fixed).
+impl Ord for Name {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str()
+            .cmp(other.as_str())
+            .then(self.rank().cmp(&other.rank()))
+    }
+}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for Kid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kid")
+            .field("kind", &self.kind)
+            .field("name", &self.name())
+            .finish()
+    }
 }
 
 impl Kid {
@@ -119,7 +186,7 @@ impl Kid {
     pub fn broker() -> Self {
         Kid {
             kind: PrincipalKind::Broker,
-            name: String::new(),
+            name: Name::Text(String::new()),
         }
     }
 
@@ -131,7 +198,7 @@ impl Kid {
             PrincipalKind::Device => Ok(DeviceId::parse(name)?.kid()),
             _ if is_valid_id(name) => Ok(Kid {
                 kind,
-                name: name.to_owned(),
+                name: Name::Text(name.to_owned()),
             }),
             _ => Err(IdError::BadId(name.to_owned())),
         }
@@ -157,12 +224,20 @@ impl Kid {
 
     /// The name after the colon (the device id for a device; empty for the broker).
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
+    }
+
+    /// True when this is the kid of device `d` (compares the ids inline, no allocation).
+    pub fn is_device(&self, d: &DeviceId) -> bool {
+        matches!(&self.name, Name::Device(x) if self.kind == PrincipalKind::Device && x == d)
     }
 
     /// The device id, when this is a device's kid.
     pub fn device_id(&self) -> Option<DeviceId> {
-        (self.kind == PrincipalKind::Device).then(|| DeviceId(self.name.clone()))
+        match &self.name {
+            Name::Device(d) if self.kind == PrincipalKind::Device => Some(d.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -170,7 +245,7 @@ impl fmt::Display for Kid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             PrincipalKind::Broker => f.write_str("broker"),
-            kind => write!(f, "{kind}:{}", self.name),
+            kind => write!(f, "{kind}:{}", self.name()),
         }
     }
 }
@@ -242,6 +317,52 @@ mod tests {
         ] {
             assert!(Kid::parse(s).is_err(), "{s} must be refused");
         }
+    }
+
+    #[test]
+    fn inline_ids_order_compare_and_print_as_their_text() {
+        let texts = [
+            "broker",
+            "device:0000000000000001",
+            "device:e80421321203c37f",
+            "factory:a",
+            "factory:line-1",
+            "operator:admin",
+            "operator:b",
+        ];
+        let mut kids: Vec<Kid> = texts.iter().rev().map(|s| Kid::parse(s).unwrap()).collect();
+        kids.sort();
+        // Kids order by kind, then by name text (as when the name was a `String`).
+        let by_kid: Vec<(PrincipalKind, String)> = kids
+            .iter()
+            .map(|k| (k.kind(), k.name().to_owned()))
+            .collect();
+        let mut by_text: Vec<(PrincipalKind, String)> = texts
+            .iter()
+            .map(|s| {
+                let k = Kid::parse(s).unwrap();
+                (k.kind(), k.name().to_owned())
+            })
+            .collect();
+        by_text.sort();
+        assert_eq!(by_kid, by_text);
+        let d = DeviceId::parse("e80421321203c37f").unwrap();
+        let e = DeviceId::parse("e80421321203c37e").unwrap();
+        assert!(e < d);
+        assert_eq!(d.as_str(), "e80421321203c37f");
+        assert_eq!(format!("{d:?}"), r#"DeviceId("e80421321203c37f")"#);
+        let k = d.kid();
+        assert!(k.is_device(&d) && !k.is_device(&e));
+        assert_eq!(k.device_id(), Some(d.clone()));
+        assert_eq!(k, Kid::parse("device:e80421321203c37f").unwrap());
+        assert_eq!(
+            format!("{k:?}"),
+            r#"Kid { kind: Device, name: "e80421321203c37f" }"#
+        );
+        let op = Kid::parse("operator:e80421321203c37f").unwrap();
+        assert!(!op.is_device(&d));
+        assert_eq!(op.device_id(), None);
+        assert_ne!(op, k);
     }
 
     #[test]

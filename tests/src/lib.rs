@@ -565,6 +565,44 @@ pub fn make(
     }
 }
 
+/// What a Python interop script reported: it must have exited 0 and printed one JSON object
+/// on stdout (its stderr is shown on failure, and echoed otherwise).
+pub struct ScriptOutput(pub serde_json::Value);
+
+impl ScriptOutput {
+    /// Runs `python script args…`.
+    pub fn run(python: &str, script: &Path, args: &[&std::ffi::OsStr]) -> Self {
+        let out = Command::new(python)
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python} {}: {e}", script.display()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{} failed ({}):\n{stderr}",
+            script.display(),
+            out.status
+        );
+        eprint!("{stderr}");
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "the script's stdout is not JSON ({e}): {}\n{stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        ScriptOutput(json)
+    }
+
+    /// The string field `name` (a panic naming it if it is missing).
+    pub fn field(&self, name: &str) -> String {
+        self.0[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string `{name}` in the script's output: {}", self.0))
+            .to_owned()
+    }
+}
+
 /// Activates a made device from its QR image (as the broker's `operator-admin`, owner
 /// `alice`), then runs the device's own `setup` (its proof of possession). Returns `setup`'s
 /// output.

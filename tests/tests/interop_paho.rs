@@ -10,9 +10,8 @@
 //!
 //! The Python comes from `PAIRBUS_PYTHON` (see `pairbus_tests::python`).
 
-use pairbus_tests::{device_events, logged_events, make, python, Broker};
+use pairbus_tests::{device_events, logged_events, make, python, Broker, ScriptOutput};
 use std::path::PathBuf;
-use std::process::Command;
 
 #[test]
 fn a_paho_device_publishes_a_committed_event_and_a_forged_one_is_refused() {
@@ -32,37 +31,25 @@ fn a_paho_device_publishes_a_committed_event_and_a_forged_one_is_refused() {
     );
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/paho_device.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg("--fleet-key")
-        .arg(data.join("fleet.key"))
-        .arg("--device-identity")
-        .arg(&made.identity)
-        .arg("--operator-identity")
-        .arg(data.join("operator-admin.toml"))
-        .args(["--device-plane", &broker.device])
-        .args(["--operator-plane", &broker.operator])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python} {}: {e}", script.display()));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{} failed ({}):\n{stderr}",
-        script.display(),
-        out.status
+    let fleet = data.join("fleet.key");
+    let operator = data.join("operator-admin.toml");
+    let seen = ScriptOutput::run(
+        &python,
+        &script,
+        &[
+            "--fleet-key".as_ref(),
+            fleet.as_os_str(),
+            "--device-identity".as_ref(),
+            made.identity.as_os_str(),
+            "--operator-identity".as_ref(),
+            operator.as_os_str(),
+            "--device-plane".as_ref(),
+            broker.device.as_ref(),
+            "--operator-plane".as_ref(),
+            broker.operator.as_ref(),
+        ],
     );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "the script's stdout is not JSON ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    let field = |k: &str| {
-        seen[k]
-            .as_str()
-            .unwrap_or_else(|| panic!("no `{k}` in {seen}"))
-            .to_owned()
-    };
+    let field = |k: &str| seen.field(k);
     assert_eq!(field("device"), made.id);
     let (genuine, forged) = (field("event_id"), field("forged_id"));
 

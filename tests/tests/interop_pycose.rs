@@ -11,8 +11,8 @@
 use pairbus_schemas::event::{Action, MetaValue};
 use pairbus_schemas::keys::device_id_from_serial_hash;
 use pairbus_schemas::{open_event, seal, Body, EventType, Kid, RootSecret, MAX_EVENT_SIZE};
+use pairbus_tests::ScriptOutput;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 struct PyEnvelope {
@@ -27,31 +27,8 @@ fn run_python(python: &str) -> PyEnvelope {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("interop/check_vectors.py");
     let vectors = root.join("../schemas/vectors");
-    let out = Command::new(python)
-        .arg(&script)
-        .arg(&vectors)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python} {}: {e}", script.display()));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{} failed ({}):\n{stderr}",
-        script.display(),
-        out.status
-    );
-    eprint!("{stderr}");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "the script's stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    let field = |name: &str| {
-        json[name]
-            .as_str()
-            .unwrap_or_else(|| panic!("no string `{name}` in the script's output: {json}"))
-            .to_owned()
-    };
+    let out = ScriptOutput::run(python, &script, &[vectors.as_os_str()]);
+    let field = |name: &str| out.field(name);
     PyEnvelope {
         kid: field("kid"),
         root_secret_hex: field("root_secret_hex"),

@@ -23,6 +23,19 @@ use std::time::Duration;
 ///
 /// Every event is signed with the identity's key, stored in a durable outbox, and re-sent
 /// until the broker confirms it on `committed/`.
+/// Prints a line on stdout. A closed pipe (`pairbus-agent … | head`) is not an error: the line
+/// is dropped and the command carries on (its events are already safe in the outbox).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("error: writing to stdout: {e}");
+            }
+        }
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "pairbus-agent", version)]
 struct Cli {
@@ -462,9 +475,9 @@ fn real_main(cli: Cli) -> Result<()> {
             )?;
             if let Some(made) = made {
                 if !no_terminal {
-                    println!("{}", pairbus_agent::qrimage::to_terminal(&made.qr)?);
+                    say!("{}", pairbus_agent::qrimage::to_terminal(&made.qr)?);
                 }
-                println!("{}", made.qr);
+                say!("{}", made.qr);
             }
             deliver(&ctx, outbox)
         }
@@ -561,7 +574,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     activate_one(&ctx, &outbox, text, check, &owner, &client, skip_activated)?;
             }
             if queued {
-                println!(
+                say!(
                     "activation is pending until the device proves its key (e.g. its own `setup`)"
                 );
             }
@@ -649,12 +662,12 @@ fn real_main(cli: Cli) -> Result<()> {
             ))?;
             let cards = seen.cards(all);
             if json {
-                println!("{}", serde_json::to_string_pretty(&cards)?);
+                say!("{}", serde_json::to_string_pretty(&cards)?);
             } else if cards.is_empty() {
-                println!("no device online");
+                say!("no device online");
             } else {
                 for c in &cards {
-                    println!("{}", c.line());
+                    say!("{}", c.line());
                 }
             }
             let missing = seen.missing(&expect);
@@ -705,7 +718,7 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Send => {
             let outbox = open_outbox(&ctx)?;
-            println!("{} event(s) pending", outbox.pending_len());
+            say!("{} event(s) pending", outbox.pending_len());
             deliver(
                 &Ctx {
                     wait: ctx.wait.max(1),
@@ -722,17 +735,17 @@ fn real_main(cli: Cli) -> Result<()> {
             let id = &ctx.identity;
             let token = id.key.mint_token(&id.kid, now + ttl);
             if bearer {
-                println!("Bearer {}:{token}", id.kid);
+                say!("Bearer {}:{token}", id.kid);
             } else {
-                println!("{token}");
+                say!("{token}");
             }
             Ok(())
         }
         Cmd::Outbox => {
             let outbox = open_outbox(&ctx)?;
-            println!("next seq: {}", outbox.next_seq()?);
+            say!("next seq: {}", outbox.next_seq()?);
             for p in outbox.pending()? {
-                println!(
+                say!(
                     "pending  seq={} id={} type={}",
                     p.seq,
                     p.id,
@@ -740,9 +753,12 @@ fn real_main(cli: Cli) -> Result<()> {
                 );
             }
             for r in outbox.refused()? {
-                println!(
+                say!(
                     "refused  seq={} id={} reason={} detail={}",
-                    r.seq, r.id, r.reason, r.detail
+                    r.seq,
+                    r.id,
+                    r.reason,
+                    r.detail
                 );
             }
             Ok(())
@@ -784,7 +800,7 @@ fn activate_one(
     let key = operator::activation_key(&device);
     let previous = outbox.state_get::<ActivationRecord>(&key)?;
     if skip && previous.is_some() {
-        println!("device {device} already activated by this operator: skipped");
+        say!("device {device} already activated by this operator: skipped");
         return Ok(false);
     }
     operator::check_not_reused(&device, previous)?;
@@ -806,7 +822,7 @@ fn activate_one(
         sys::now_ms(),
         sys::random,
     )?;
-    println!(
+    say!(
         "QR code ok: device {device} ({} {}), made by {}, expires at {} (Unix s); factory MAC {}",
         check.claims.device_type,
         check.claims.model,
@@ -818,7 +834,7 @@ fn activate_one(
             "not checked here (no --fleet-key): the broker/projector checks it"
         }
     );
-    println!("activation token (shown once, keep it): {}", token.as_str());
+    say!("activation token (shown once, keep it): {}", token.as_str());
     print_queued(&evs);
     Ok(true)
 }
@@ -894,7 +910,7 @@ fn make_one(
             }
         };
         if factory::already_made(existing.as_ref(), &made.identity)? {
-            println!(
+            say!(
                 "device {} already made -> {}: skipped",
                 made.device_id,
                 paths.identity.display()
@@ -904,7 +920,7 @@ fn make_one(
     }
     factory::write_outputs(&made, &paths).with_context(|| format!("device {}", made.device_id))?;
     let evs = session::enqueue(outbox, &ctx.identity, vec![made.draft.clone()])?;
-    println!(
+    say!(
         "made device {} -> {}",
         made.device_id,
         paths.identity.display()
@@ -950,7 +966,7 @@ fn open_outbox(ctx: &Ctx) -> Result<Outbox> {
 
 fn print_queued(evs: &[Event]) {
     for e in evs {
-        println!("queued {} id={} seq={}", e.event_type(), e.id, e.seq);
+        say!("queued {} id={} seq={}", e.event_type(), e.id, e.seq);
     }
 }
 
@@ -972,9 +988,11 @@ fn device_local(ctx: &Ctx, cmd: LocalCommand) -> Result<()> {
             bail!("{e}");
         }
         for q in reply.ok {
-            println!(
+            say!(
                 "queued {} id={} seq={} (handed to the running agent)",
-                q.event_type, q.id, q.seq
+                q.event_type,
+                q.id,
+                q.seq
             );
         }
         return Ok(());
@@ -997,7 +1015,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn deliver(ctx: &Ctx, outbox: Outbox) -> Result<()> {
     if ctx.wait == 0 || outbox.pending_len() == 0 {
         if outbox.pending_len() > 0 {
-            println!(
+            say!(
                 "{} event(s) queued; run `send` (or `run`) to deliver",
                 outbox.pending_len()
             );
@@ -1021,11 +1039,11 @@ fn deliver(ctx: &Ctx, outbox: Outbox) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     }))?;
     match report.reason {
-        StopReason::Delivered if report.refused == 0 => println!("delivered: {} event(s) committed", report.confirmed),
+        StopReason::Delivered if report.refused == 0 => say!("delivered: {} event(s) committed", report.confirmed),
         StopReason::Delivered => {
             bail!("{} event(s) refused by the broker (see `outbox`); {} committed", report.refused, report.confirmed)
         }
-        _ => println!(
+        _ => say!(
             "{} event(s) committed, {} still queued (broker {} unreachable or slow): they are kept and re-sent by `send` or `run`",
             report.confirmed, report.pending, ctx.identity.broker
         ),
@@ -1076,9 +1094,10 @@ fn run_device(ctx: &Ctx, resend_after: u64, owner: Option<String>) -> Result<()>
     #[cfg(unix)]
     let _ = std::fs::remove_file(control::socket_path(&ctx.data));
     let report = report?;
-    println!(
+    say!(
         "stopped ({:?}); {} event(s) still queued",
-        report.reason, report.pending
+        report.reason,
+        report.pending
     );
     Ok(())
 }
@@ -1089,7 +1108,7 @@ fn health(ctx: &Ctx) -> Result<()> {
     {
         let path = control::socket_path(&ctx.data);
         if control::ping(&path)? {
-            println!("{} is running", ctx.identity.kid);
+            say!("{} is running", ctx.identity.kid);
             return Ok(());
         }
         bail!(

@@ -9,7 +9,7 @@
 use crate::decode::decode_event_lite;
 use crate::model::{
     ActivationView, Alert, Code, ComponentView, DeviceCard, Gap, Refusal, RevokedView, SetupView,
-    Status, TrailEntry,
+    Status, Trail, TrailEntry,
 };
 use fxhash::{FxHashMap, FxHashSet};
 use pairbus_schemas::event::{Command, Outcome};
@@ -129,7 +129,7 @@ pub struct Projections {
     /// Device cards by id.
     pub devices: FxHashMap<DeviceId, DeviceCard>,
     /// Trail of each device, in log order (also for ids with no card: unknown devices).
-    pub trails: FxHashMap<DeviceId, Vec<TrailEntry>>,
+    pub trails: FxHashMap<DeviceId, Trail>,
     /// Trail of records whose event could not be decoded (no device to file them under).
     pub unattributed: Vec<TrailEntry>,
     /// Every alert, in log order.

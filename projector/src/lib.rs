@@ -40,4 +40,4 @@ pub mod text;
 pub mod wire;
 
 pub use fold::{Config, Effect, KeyResolver, NoKeys, Projections, Projector};
-pub use model::{Alert, Code, DeviceCard, DeviceState, Status, TrailEntry};
+pub use model::{Alert, Code, DeviceCard, DeviceState, Status, Trail, TrailEntry};

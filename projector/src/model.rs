@@ -369,3 +369,165 @@ pub struct Alert {
     /// Human detail.
     pub detail: String,
 }
+
+/// Entries per chunk of a [`Trail`] (a power of two: indexing is a shift and a mask).
+const TRAIL_CHUNK: usize = 128;
+
+/// The chunks of a trail, oldest first (see [`Trail::chunks`]).
+type Chunks<'a> =
+    std::iter::Chain<std::slice::Iter<'a, Vec<TrailEntry>>, std::iter::Once<&'a Vec<TrailEntry>>>;
+
+/// A device's trail: its entries in log order, stored in chunks of [`TRAIL_CHUNK`] entries.
+///
+/// A full chunk never moves again, so an append never copies earlier entries (a doubling
+/// `Vec` copies the whole trail each time it grows) and touches only the open chunk, held
+/// inline. Only a trail's first chunk grows (up to one chunk); the next ones are allocated
+/// full size.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trail {
+    /// Full chunks of exactly [`TRAIL_CHUNK`] entries.
+    full: Vec<Vec<TrailEntry>>,
+    /// The open chunk (the last entries; never empty unless the trail is).
+    open: Vec<TrailEntry>,
+}
+
+impl Trail {
+    /// An empty trail.
+    pub fn new() -> Self {
+        Trail::default()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.full.len() * TRAIL_CHUNK + self.open.len()
+    }
+
+    /// True when the trail has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.full.is_empty()
+    }
+
+    /// Appends an entry.
+    pub fn push(&mut self, e: TrailEntry) {
+        if self.open.len() >= TRAIL_CHUNK {
+            let done = std::mem::replace(&mut self.open, Vec::with_capacity(TRAIL_CHUNK));
+            self.full.push(done);
+        }
+        self.open.push(e);
+    }
+
+    /// The entry at `index`, if any.
+    pub fn get(&self, index: usize) -> Option<&TrailEntry> {
+        let (ci, i) = (index / TRAIL_CHUNK, index % TRAIL_CHUNK);
+        match ci.cmp(&self.full.len()) {
+            std::cmp::Ordering::Less => self.full.get(ci).and_then(|c| c.get(i)),
+            std::cmp::Ordering::Equal => self.open.get(i),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+
+    /// The last entry, if any.
+    pub fn last(&self) -> Option<&TrailEntry> {
+        self.open
+            .last()
+            .or_else(|| self.full.last().and_then(|c| c.last()))
+    }
+
+    fn chunks(&self) -> Chunks<'_> {
+        self.full.iter().chain(std::iter::once(&self.open))
+    }
+
+    /// The entries in log order.
+    pub fn iter(&self) -> std::iter::Flatten<Chunks<'_>> {
+        self.chunks().flatten()
+    }
+
+    /// The entries from `start` on, in log order.
+    pub fn iter_from(&self, start: usize) -> impl Iterator<Item = &TrailEntry> + '_ {
+        let (first, offset) = (start / TRAIL_CHUNK, start % TRAIL_CHUNK);
+        self.chunks()
+            .skip(first)
+            .enumerate()
+            .flat_map(move |(i, c)| c.get(if i == 0 { offset } else { 0 }..).unwrap_or(&[]))
+    }
+
+    /// The index of the first entry for which `pred` is false, the entries being partitioned
+    /// by it (all `true` ones first), as [`slice::partition_point`].
+    pub fn partition_point(&self, mut pred: impl FnMut(&TrailEntry) -> bool) -> usize {
+        // The full chunks are partitioned too: the first one whose last entry fails holds
+        // the point; if none does, it is in the open chunk.
+        let ci = self
+            .full
+            .partition_point(|c| c.last().is_some_and(&mut pred));
+        let chunk = self.full.get(ci).unwrap_or(&self.open);
+        ci * TRAIL_CHUNK + chunk.partition_point(pred)
+    }
+}
+
+impl std::ops::Index<usize> for Trail {
+    type Output = TrailEntry;
+
+    /// The entry at `index`; panics when out of range, as slices do.
+    fn index(&self, index: usize) -> &TrailEntry {
+        match self.get(index) {
+            Some(e) => e,
+            None => panic!("trail index {index} out of range (len {})", self.len()),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Trail {
+    type Item = &'a TrailEntry;
+    type IntoIter = std::iter::Flatten<Chunks<'a>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> TrailEntry {
+        TrailEntry {
+            seq,
+            received_at: seq / 3,
+            ts: None,
+            event_type: None,
+            src: None,
+            src_seq: None,
+            event_id: None,
+            device: None,
+            status: Status::Accepted,
+            refusal: None,
+            gap: None,
+        }
+    }
+
+    /// A trail answers as the `Vec` of its entries would, across chunk boundaries.
+    #[test]
+    fn trail_matches_a_vec() {
+        for n in [0, 1, 2, 127, 128, 129, 255, 256, 257, 700] {
+            let v: Vec<TrailEntry> = (0..n).map(entry).collect();
+            let mut t = Trail::new();
+            v.iter().cloned().for_each(|e| t.push(e));
+            assert_eq!(t.len(), v.len());
+            assert_eq!(t.is_empty(), v.is_empty());
+            assert_eq!(t.last(), v.last());
+            assert!(t.iter().eq(v.iter()));
+            assert!((&t).into_iter().eq(v.iter()));
+            for i in 0..n as usize + 2 {
+                assert_eq!(t.get(i), v.get(i));
+                assert!(t.iter_from(i).eq(v.get(i..).unwrap_or(&[]).iter()));
+            }
+            for lo in 0..n / 3 + 2 {
+                assert_eq!(
+                    t.partition_point(|e| e.received_at < lo),
+                    v.partition_point(|e| e.received_at < lo)
+                );
+            }
+            assert_eq!(t.clone(), t);
+        }
+    }
+}

@@ -8,7 +8,7 @@
 use crate::decode::decode_event;
 use crate::fold::{Projections, Projector, DAY_MS};
 use crate::graph::{graph, Graph};
-use crate::model::{Alert, DeviceCard, DeviceState, TrailEntry};
+use crate::model::{Alert, DeviceCard, DeviceState, Trail, TrailEntry};
 use pairbus_schemas::event::MetaValue;
 use pairbus_schemas::{Body, DeviceId, Record};
 use serde::{Deserialize, Serialize};
@@ -176,9 +176,10 @@ pub fn run<S: RecordSource + ?Sized>(
             types,
         } => {
             let d = device_id(id)?;
+            let empty = Trail::new();
             let trail = match p.trails.get(&d) {
-                Some(t) => t.as_slice(),
-                None if p.devices.contains_key(&d) => &[],
+                Some(t) => t,
+                None if p.devices.contains_key(&d) => &empty,
                 None => return Err(QueryError::UnknownDevice(id.clone())),
             };
             for t in types {
@@ -191,8 +192,8 @@ pub fn run<S: RecordSource + ?Sized>(
             // Trails are in log order and received_at does not decrease along the log, so the
             // window is found by binary search: the cost is the size of the answer.
             let start = trail.partition_point(|e| e.received_at < lo);
-            let entries = trail[start..]
-                .iter()
+            let entries = trail
+                .iter_from(start)
                 .take_while(|e| e.received_at <= hi)
                 .filter(|e| {
                     types.is_empty()

@@ -139,6 +139,15 @@ impl Broker {
             .status();
         let _ = self.child.wait();
     }
+
+    /// Stops it gracefully, checks the whole log offline (`pairbus-broker verify`) and returns
+    /// every logged event (`pairbus-broker export`).
+    pub fn stop_and_read_log(self) -> Vec<Logged> {
+        let data = self.data.clone();
+        self.stop();
+        verify(&data);
+        logged_events(&data)
+    }
 }
 
 impl Drop for Broker {

@@ -3,8 +3,8 @@
 //! ids and seqs assigned while offline. Then a broker outage while `run` is connected.
 
 use pairbus_tests::{
-    agent, device_events, drain_outbox, free_port, init_data, logged_events, make, queued, verify,
-    wait_until, Broker, Running,
+    agent, device_events, drain_outbox, free_port, init_data, make, queued, wait_until, Broker,
+    Running,
 };
 use std::path::{Path, PathBuf};
 
@@ -136,11 +136,7 @@ fn actions_queued_while_no_broker_runs_are_committed_once_by_send() {
         history.iter().all(|e| e["status"] == "accepted"),
         "{history:?}"
     );
-    let data = broker.data.clone();
-    broker.stop();
-
-    verify(&data);
-    let log = logged_events(&data);
+    let log = broker.stop_and_read_log();
     assert_eq!(
         device_events(&log, &format!("device:{}", m.id)),
         assigned,
@@ -191,11 +187,7 @@ fn a_running_agent_records_offline_and_delivers_after_the_broker_comes_up_and_af
     });
     run.term();
     drain_outbox(&m.identity);
-    let data = broker.data.clone();
-    broker.stop();
-
-    verify(&data);
-    let log = logged_events(&data);
+    let log = broker.stop_and_read_log();
     assert_eq!(
         device_events(&log, &format!("device:{}", m.id)),
         assigned,

@@ -13,8 +13,8 @@ use pairbus_schemas::event::{Body, PairingOffered};
 use pairbus_schemas::identity::Identity;
 use pairbus_schemas::{DeviceId, Event, EventId, Kid, RootSecret};
 use pairbus_tests::{
-    activate_and_set_up, agent, agent_output, fleet_root, logged_events, make, point_identity,
-    queued, raw_publish, verify, wait_online, wait_until, Broker, Made, Running,
+    activate_and_set_up, agent, agent_output, fleet_root, make, point_identity, queued,
+    raw_publish, wait_online, wait_until, Broker, Made, Running,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -193,12 +193,9 @@ fn forged_expired_reused_and_malformed_qr_codes_are_refused_by_the_operator() {
         })
     });
 
-    let data = broker.data.clone();
-    broker.stop();
-    verify(&data);
     // Exactly three activations were published: the good one, bob's reuse, and the forged
     // one checked without the key; none for the refused codes.
-    let log = logged_events(&data);
+    let log = broker.stop_and_read_log();
     let activated: Vec<String> = log
         .iter()
         .filter(|l| matches!(l.event.body, Body::Activated(_)))
@@ -389,11 +386,8 @@ fn offers_to_a_managed_sensor_with_a_reused_or_an_expired_nonce_are_declined() {
         manager_of(&broker, &s.id).as_deref() == Some(x.id.as_str())
     });
     drop(runs);
-    let data = broker.data.clone();
-    broker.stop();
-    verify(&data);
     // In the log: s accepted exactly two offers (m's first, x's real one) and declined three.
-    let log = logged_events(&data);
+    let log = broker.stop_and_read_log();
     let s_kid = format!("device:{}", s.id);
     let mut accepted = 0;
     let mut declined = Vec::new();

@@ -3,8 +3,8 @@
 //! log verifies. (The seed of the moments is printed; set `PAIRBUS_SEED` to replay one.)
 
 use pairbus_tests::{
-    activate_and_set_up, agent, agent_output, bin, device_events, drain_outbox, logged_events,
-    make, queued, verify, wait_until, Broker, Made, Running,
+    activate_and_set_up, agent, agent_output, bin, device_events, drain_outbox, make, queued,
+    wait_until, Broker, Made, Running,
 };
 use std::io::Read;
 use std::path::Path;
@@ -100,11 +100,7 @@ fn run_killed_with_sigkill_mid_publish_and_restarted_loses_and_duplicates_nothin
     });
     run.term();
     drain_outbox(&m.identity);
-    let data = broker.data.clone();
-    broker.stop();
-
-    verify(&data);
-    let log = logged_events(&data);
+    let log = broker.stop_and_read_log();
     assert_eq!(
         device_events(&log, &format!("device:{}", m.id)),
         assigned,
@@ -147,11 +143,7 @@ fn one_shot_actions_killed_with_sigkill_mid_publish_lose_and_duplicate_nothing()
     }
     // Whatever is left is delivered by `send`.
     drain_outbox(&m.identity);
-    let data = broker.data.clone();
-    broker.stop();
-
-    verify(&data);
-    let log = logged_events(&data);
+    let log = broker.stop_and_read_log();
     let got = device_events(&log, &format!("device:{}", m.id));
     // No seq was lost: the device's seqs are exactly 1..=n, each once, in order.
     assert_eq!(
@@ -224,11 +216,7 @@ fn run_killed_while_actions_are_being_handed_to_it_loses_and_duplicates_nothing(
     });
     run.term();
     drain_outbox(&m.identity);
-    let data = broker.data.clone();
-    broker.stop();
-
-    verify(&data);
-    let log = logged_events(&data);
+    let log = broker.stop_and_read_log();
     let got = device_events(&log, &format!("device:{}", m.id));
     assert_eq!(
         got.iter().map(|g| g.1).collect::<Vec<_>>(),

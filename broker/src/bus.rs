@@ -8,13 +8,14 @@ use crate::journal::{self, Journal};
 use crate::log::{LogConfig, LogError, SledLog};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::{authenticate, PlaneKind};
+use crate::mqtt::gate::Gate;
 use crate::mqtt::plane::{AuthFn, Plane, PlaneError, PlaneSettings};
 use crate::presence::PresenceMirror;
 use crate::replay::Replay;
 use pairbus_schemas::{RootSecret, Topic};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -151,8 +152,15 @@ impl Bus {
                 }
             }
         });
+        let gate = Gate::new(settings.ingest.pause_at, settings.ingest.resume_at);
+        let _ = metrics.backpressure.set(gate.clone());
+        let plane = |name, listen, open: &Arc<AtomicU64>| PlaneSettings {
+            gate: Some(gate.clone()),
+            open_connections: open.clone(),
+            ..PlaneSettings::new(name, listen)
+        };
         let device = Plane::start(
-            PlaneSettings::new("device", settings.device_listen),
+            plane("device", settings.device_listen, &metrics.device_open),
             auth_for(
                 PlaneKind::Device,
                 root.clone(),
@@ -161,7 +169,7 @@ impl Bus {
             ),
         )?;
         let operator = Plane::start(
-            PlaneSettings::new("operator", settings.operator_listen),
+            plane("operator", settings.operator_listen, &metrics.operator_open),
             auth_for(
                 PlaneKind::Operator,
                 root.clone(),
@@ -184,6 +192,7 @@ impl Bus {
                 root: root.clone(),
                 metrics: metrics.clone(),
                 journal: journal.clone(),
+                gate: Some(gate),
             },
             settings.ingest.clone(),
             Some(hook),

@@ -7,7 +7,8 @@ use pairbus_schemas::messages::RejectReason;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use crate::mqtt::gate::Gate;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A Prometheus histogram with fixed upper bounds.
 pub struct Histogram {
@@ -99,6 +100,12 @@ pub struct Metrics {
     pub projections_resumed_from: AtomicU64,
     /// Records the embedded projector folded at start to reach the log's head.
     pub projections_folded_at_start: AtomicU64,
+    /// Client connections open now on the device plane (kept by its front door).
+    pub device_open: Arc<AtomicU64>,
+    /// Client connections open now on the operator plane.
+    pub operator_open: Arc<AtomicU64>,
+    /// The ingest back-pressure gate, once the bus has made it.
+    pub backpressure: OnceLock<Gate>,
     /// Events per group commit.
     pub batch_size: Histogram,
     /// Time of one group commit (append, flush and sync), seconds.
@@ -123,6 +130,9 @@ impl Default for Metrics {
             operator_connects: AtomicU64::new(0),
             projections_resumed_from: AtomicU64::new(0),
             projections_folded_at_start: AtomicU64::new(0),
+            device_open: Arc::default(),
+            operator_open: Arc::default(),
+            backpressure: OnceLock::new(),
             batch_size: Histogram::new(BATCH_BOUNDS),
             commit_seconds: Histogram::new(LATENCY_BOUNDS),
         }
@@ -216,7 +226,13 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
+        let gate = self.backpressure.get();
         for (name, help, v) in [
+            (
+                "pairbus_ingest_pending",
+                "Events read from the routers and not yet committed or refused.",
+                gate.map_or(0, |g| g.pending() as u64),
+            ),
             (
                 "pairbus_projections_resumed_from_seq",
                 "Checkpoint the embedded projections resumed from at start (0: rebuilt).",
@@ -230,6 +246,23 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP pairbus_ingest_backpressure_pauses_total Times the front doors stopped reading \
+             from clients because ingest was behind.\n\
+             # TYPE pairbus_ingest_backpressure_pauses_total counter\n\
+             pairbus_ingest_backpressure_pauses_total {}",
+            gate.map_or(0, |g| g.pauses())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pairbus_connections_open Client connections open now.\n\
+             # TYPE pairbus_connections_open gauge\n\
+             pairbus_connections_open{{plane=\"device\"}} {}\n\
+             pairbus_connections_open{{plane=\"operator\"}} {}",
+            load(&self.device_open),
+            load(&self.operator_open)
+        );
         let labelled =
             |out: &mut String, name: &str, help: &str, label: &str, values: Vec<(&str, u64)>| {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

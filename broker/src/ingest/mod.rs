@@ -5,7 +5,9 @@
 //!
 //! Threads (plain threads, never tokio workers: rumqttd's local links block):
 //! - one *reader* per plane: drains its link (calling `ready()` after `Unschedule`, without
-//!   which rumqttd stops delivering for good) into one bounded channel;
+//!   which rumqttd stops delivering for good) into one bounded channel, and counts each event
+//!   into the back-pressure [`Gate`] (the front doors stop reading from clients while too many
+//!   events wait: rumqttd itself would drop them once its `in/` log is full);
 //! - one *committer*: takes everything waiting (up to `max_batch`), checks it, makes one
 //!   durable group commit, then publishes the answers: first the `committed/` confirmations
 //!   (and refusals), then the log records and whatever the commit hook publishes, each group
@@ -21,6 +23,7 @@ use crate::journal::Journal;
 use crate::log::{AppendOutcome, LogStore};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::PlaneKind;
+use crate::mqtt::gate::Gate;
 use crate::mqtt::plane::{next_forward, Plane, PlaneError};
 use check::Checked;
 use pairbus_schemas::messages::{CommitStatus, Committed, RejectReason, Rejection};
@@ -53,6 +56,11 @@ pub struct IngestSettings {
     pub max_event_size: usize,
     /// Capacity of the channel between readers and the committer.
     pub queue: usize,
+    /// Events read but not yet committed at which the planes' front doors stop reading from
+    /// clients (back-pressure; see [`crate::mqtt::gate`]). Below `queue`.
+    pub pause_at: usize,
+    /// ... and at which they read again.
+    pub resume_at: usize,
 }
 
 impl Default for IngestSettings {
@@ -61,6 +69,10 @@ impl Default for IngestSettings {
             max_batch: 1024,
             max_event_size: MAX_EVENT_SIZE,
             queue: 65_536,
+            // Four full group commits waiting keep the committer busy while the front doors
+            // refill; more only adds latency under a flood (BENCHMARKS.md).
+            pause_at: 4096,
+            resume_at: 2048,
         }
     }
 }
@@ -81,6 +93,9 @@ pub struct IngestParts {
     pub metrics: Arc<Metrics>,
     /// Where refusals are kept.
     pub journal: Arc<Journal>,
+    /// Back-pressure to the planes' front doors: every event read is admitted, every event
+    /// committed or refused is settled. `None`: no back-pressure.
+    pub gate: Option<Gate>,
 }
 
 /// The running pipeline.
@@ -186,16 +201,18 @@ impl Ingest {
             root,
             metrics,
             journal,
+            gate,
         } = parts;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(settings.queue);
         let mut threads = Vec::new();
         for (plane, link) in [(PlaneKind::Device, dev_rx), (PlaneKind::Operator, op_rx)] {
-            let (tx, stop, metrics) = (tx.clone(), stop.clone(), metrics.clone());
+            let (tx, stop, metrics, gate) =
+                (tx.clone(), stop.clone(), metrics.clone(), gate.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("pairbus-read-{}", plane.as_str()))
-                    .spawn(move || read_loop(plane, link, tx, stop, metrics))
+                    .spawn(move || read_loop(plane, link, tx, stop, metrics, gate))
                     .map_err(|e| PlaneError::Runtime("ingest", e))?,
             );
         }
@@ -220,6 +237,7 @@ impl Ingest {
                         metrics,
                         settings,
                         hook,
+                        gate,
                     }
                     .run(stop2)
                 })
@@ -245,6 +263,7 @@ fn read_loop(
     tx: SyncSender<Inbound>,
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    gate: Option<Gate>,
 ) {
     let span = tracing::info_span!("reader", plane = plane.as_str());
     let _enter = span.enter();
@@ -269,6 +288,11 @@ fn read_loop(
                     topic: publish.topic,
                     payload: publish.payload,
                 };
+                // Counted before the committer can see it, so that its `settled` never comes
+                // first (the count would drift).
+                if let Some(g) = &gate {
+                    g.admitted(1);
+                }
                 // Backpressure: wait for the committer rather than drop.
                 loop {
                     match tx.try_send(msg) {
@@ -336,6 +360,7 @@ struct Committer {
     metrics: Arc<Metrics>,
     settings: IngestSettings,
     hook: Option<CommitHook>,
+    gate: Option<Gate>,
 }
 
 impl Committer {
@@ -360,10 +385,14 @@ impl Committer {
     /// Checks, appends and answers one batch; every answer is handed to the routers before
     /// this returns.
     fn commit(&mut self, batch: Vec<Inbound>) {
-        let span = tracing::info_span!("group_commit", size = batch.len());
+        let size = batch.len();
+        let span = tracing::info_span!("group_commit", size);
         let _enter = span.enter();
         self.commit_batch(batch);
         self.outlets.flush();
+        if let Some(g) = &self.gate {
+            g.settled(size);
+        }
     }
 
     fn commit_batch(&mut self, batch: Vec<Inbound>) {

@@ -12,11 +12,18 @@
 //!   links are driven from plain threads, never from tokio workers.
 //! - Accepted sockets keep Nagle's algorithm on; [`super::nodelay`] sets `TCP_NODELAY` on the
 //!   listener rumqttd bound, which Linux passes on to every accepted socket.
+//! - rumqttd acknowledges a publish before anyone has read it and cannot be slowed down, so
+//!   clients do not connect to rumqttd directly: the public listener is the plane's
+//!   [`super::front`] door, which relays to rumqttd's listener on an internal loopback port and
+//!   stops reading from clients while the ingest [`super::gate::Gate`] is closed.
 
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::{ConnectionSettings, LinkType, RouterConfig, Server, ServerSettings};
+use super::front::FrontDoor;
+use super::gate::Gate;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -71,13 +78,17 @@ pub struct PlaneSettings {
     pub ingest_segment_count: usize,
     /// How long a client may take to send CONNECT, ms.
     pub connect_timeout_ms: u16,
+    /// Back-pressure from ingest: while it is closed, the front door reads nothing from
+    /// clients. `None`: read freely.
+    pub gate: Option<Gate>,
+    /// Client connections open now (a gauge the front door keeps).
+    pub open_connections: Arc<AtomicU64>,
 }
 
 impl PlaneSettings {
     /// Defaults measured to lose nothing under a 50,000-message burst (see BENCHMARKS.md):
-    /// 1 MiB × 16 segments per filter; 1 MiB × 64 for the `in/` filters (≈ 240,000 events of
-    /// 200 bytes, about 5 s of 8 publishers flat out on the 2-core machine of BENCHMARKS.md,
-    /// "Broker under MQTT load").
+    /// 1 MiB × 16 segments per filter, for the `in/` filters too (≈ 60,000 events of 200
+    /// bytes: far more than the ingest gate lets through ahead of the commits). No gate.
     pub fn new(name: &'static str, listen: SocketAddr) -> Self {
         PlaneSettings {
             name,
@@ -86,8 +97,10 @@ impl PlaneSettings {
             max_payload: 64 * 1024 + 1024,
             segment_size: 1024 * 1024,
             segment_count: 16,
-            ingest_segment_count: 64,
+            ingest_segment_count: 16,
             connect_timeout_ms: 5_000,
+            gate: None,
+            open_connections: Arc::default(),
         }
     }
 }
@@ -147,22 +160,31 @@ pub struct Plane {
 }
 
 impl Plane {
-    /// Starts the router and the listener. Binding is checked before this returns.
+    /// Starts the router, its internal listener and the public front door. Binding is checked
+    /// before this returns.
     pub fn start(settings: PlaneSettings, auth: AuthFn) -> Result<Self, PlaneError> {
         let name = settings.name;
-        // Bind first, so that a taken port is an error here rather than a log line later.
-        let probe =
-            std::net::TcpListener::bind(settings.listen).map_err(|source| PlaneError::Bind {
-                plane: name,
-                addr: settings.listen,
-                source,
-            })?;
-        let listen = probe.local_addr().map_err(|source| PlaneError::Bind {
+        let bind_error = |addr: SocketAddr| move |source| PlaneError::Bind {
             plane: name,
-            addr: settings.listen,
+            addr,
             source,
-        })?;
-        drop(probe);
+        };
+        // The public listener is ours (the front door), bound here: a taken port is an error
+        // now, and port 0 can be read back.
+        let public = std::net::TcpListener::bind(settings.listen)
+            .map_err(bind_error(settings.listen))?;
+        public
+            .set_nonblocking(true)
+            .map_err(bind_error(settings.listen))?;
+        let listen = public.local_addr().map_err(bind_error(settings.listen))?;
+        // rumqttd binds its own listener and cannot report the port: pick a free loopback one.
+        let internal = {
+            let probe = std::net::TcpListener::bind(("127.0.0.1", 0))
+                .map_err(bind_error(SocketAddr::from(([127, 0, 0, 1], 0))))?;
+            probe
+                .local_addr()
+                .map_err(bind_error(SocketAddr::from(([127, 0, 0, 1], 0))))?
+        };
 
         let router = rumqttd::Router::new(
             0,
@@ -209,7 +231,7 @@ impl Plane {
         });
         let server_settings = ServerSettings {
             name: format!("{name}-plane"),
-            listen,
+            listen: internal,
             tls: None,
             next_connection_delay_ms: 0,
             connections,
@@ -228,10 +250,35 @@ impl Plane {
             }
         });
         // rumqttd leaves Nagle on for accepted sockets: confirmations would wait for the
-        // client's delayed ACK. Set TCP_NODELAY on its listener, which they inherit.
-        if let Err(e) = super::nodelay::on_listener(listen, std::time::Duration::from_secs(5)) {
-            tracing::warn!(plane = name, error = %e, "TCP_NODELAY not set: confirmations may wait for delayed ACKs");
+        // front door's delayed ACK. Set TCP_NODELAY on its listener, which they inherit; this
+        // also waits until rumqttd has bound its port.
+        match super::nodelay::on_listener(internal, std::time::Duration::from_secs(5)) {
+            Ok(()) => {}
+            Err(super::nodelay::NodelayError::NotFound(addr)) => {
+                return Err(PlaneError::Bind {
+                    plane: name,
+                    addr,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "the MQTT router did not start listening on its internal port",
+                    ),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(plane = name, error = %e, "TCP_NODELAY not set: confirmations may wait for delayed ACKs")
+            }
         }
+        let door = FrontDoor {
+            plane: name,
+            upstream: internal,
+            gate: settings.gate.clone(),
+            open: settings.open_connections.clone(),
+        };
+        let public = {
+            let _rt = runtime.enter();
+            tokio::net::TcpListener::from_std(public).map_err(bind_error(listen))?
+        };
+        runtime.spawn(door.serve(public));
         let new_link: LinkFn = Box::new(move |client_id: &str| {
             rumqttd::local::LinkBuilder::new(client_id, router_tx.clone())
                 .dynamic_filters(true)
@@ -239,7 +286,7 @@ impl Plane {
                 .map(|(tx, rx, _ack)| (tx, rx))
                 .map_err(|e| e.to_string())
         });
-        tracing::info!(plane = name, %listen, "MQTT plane listening");
+        tracing::info!(plane = name, %listen, %internal, "MQTT plane listening");
         Ok(Plane {
             name,
             listen,

@@ -3,11 +3,11 @@
 //! Every refusal (CONNECT or event) is counted by reason, so an operator can see attacks and
 //! broken devices without reading logs.
 
+use crate::mqtt::gate::Gate;
 use pairbus_schemas::messages::RejectReason;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use crate::mqtt::gate::Gate;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A Prometheus histogram with fixed upper bounds.

@@ -233,7 +233,10 @@ mod tests {
             g2.pending()
         });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "a closed gate must hold its waiters");
+        assert!(
+            !waiting.is_finished(),
+            "a closed gate must hold its waiters"
+        );
         gate.settled(2);
         let pending = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
             .await

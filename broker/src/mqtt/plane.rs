@@ -17,11 +17,11 @@
 //!   [`super::front`] door, which relays to rumqttd's listener on an internal loopback port and
 //!   stops reading from clients while the ingest [`super::gate::Gate`] is closed.
 
+use super::front::FrontDoor;
+use super::gate::Gate;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::{ConnectionSettings, LinkType, RouterConfig, Server, ServerSettings};
-use super::front::FrontDoor;
-use super::gate::Gate;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -164,15 +164,17 @@ impl Plane {
     /// before this returns.
     pub fn start(settings: PlaneSettings, auth: AuthFn) -> Result<Self, PlaneError> {
         let name = settings.name;
-        let bind_error = |addr: SocketAddr| move |source| PlaneError::Bind {
-            plane: name,
-            addr,
-            source,
+        let bind_error = |addr: SocketAddr| {
+            move |source| PlaneError::Bind {
+                plane: name,
+                addr,
+                source,
+            }
         };
         // The public listener is ours (the front door), bound here: a taken port is an error
         // now, and port 0 can be read back.
-        let public = std::net::TcpListener::bind(settings.listen)
-            .map_err(bind_error(settings.listen))?;
+        let public =
+            std::net::TcpListener::bind(settings.listen).map_err(bind_error(settings.listen))?;
         public
             .set_nonblocking(true)
             .map_err(bind_error(settings.listen))?;

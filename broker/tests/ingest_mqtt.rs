@@ -582,3 +582,51 @@ async fn a_flood_is_held_back_by_the_gate_and_nothing_is_dropped() {
     assert!(gate.is_open());
     bus.shutdown();
 }
+
+/// Graceful shutdown commits what rumqttd acknowledged: a device publishes a burst, and the
+/// bus is shut down the moment the last PUBACK arrives (most events are then still queued
+/// for a group commit). Reopened, the log holds every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_commits_every_acknowledged_event() {
+    use pairbus_broker::log::{LogConfig, SledLog};
+    const N: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let root = RootSecret::from_bytes([47; 32]);
+    let bus = start(dir.path(), &root);
+    let device = DeviceId::parse("00000000000000a1").unwrap();
+    let (client, mut ev) = device_client(&bus, &root, &device).await;
+    let key = root.derive(&device.kid());
+    let sealed: Vec<Vec<u8>> = (1..=N)
+        .map(|seq| seal(&action(&device, seq, 9), &key))
+        .collect();
+    let topic = Topic::In(device.kid()).to_string();
+    let publisher = tokio::spawn(async move {
+        for payload in sealed {
+            client
+                .publish(&topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while acked < N {
+            if let MqttEvent::Incoming(Packet::PubAck(_)) = ev.poll().await.expect("MQTT error") {
+                acked += 1;
+            }
+        }
+    })
+    .await
+    .expect("every publish acknowledged");
+    let committed_before = bus.log().head().seq;
+    bus.shutdown();
+    drop(publisher.await.unwrap());
+    let log = SledLog::open(LogConfig::new(dir.path().join("log")), root.clone()).unwrap();
+    assert_eq!(
+        log.head().seq,
+        N,
+        "committed before shutdown: {committed_before}; the rest must be committed by it"
+    );
+    assert!(log.verify().unwrap().is_ok());
+}

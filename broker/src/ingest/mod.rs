@@ -217,7 +217,6 @@ impl Ingest {
             );
         }
         drop(tx);
-        let stop2 = stop.clone();
         let outlets = Outlets::new(dev_tx, op_tx);
         threads.push(
             std::thread::Builder::new()
@@ -239,14 +238,17 @@ impl Ingest {
                         hook,
                         gate,
                     }
-                    .run(stop2)
+                    .run()
                 })
                 .map_err(|e| PlaneError::Runtime("ingest", e))?,
         );
         Ok(Ingest { stop, threads })
     }
 
-    /// Stops the threads after the batch in progress (which is finished and answered).
+    /// Stops after committing everything already read: each reader stops once its link has
+    /// been quiet for [`POLL`] (stop the planes' listeners first, so that nothing new comes
+    /// in), and the committer once the readers are gone and their queue is empty. Every event
+    /// rumqttd acknowledged before that is committed and answered.
     pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads {
@@ -268,7 +270,7 @@ fn read_loop(
     let span = tracing::info_span!("reader", plane = plane.as_str());
     let _enter = span.enter();
     let mut gaps = gaps::Gaps::default();
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         match next_forward(&mut link, POLL) {
             Ok(Some(forward)) => {
                 let publish = forward.publish;
@@ -293,14 +295,12 @@ fn read_loop(
                 if let Some(g) = &gate {
                     g.admitted(1);
                 }
-                // Backpressure: wait for the committer rather than drop.
+                // Backpressure: wait for the committer rather than drop (it runs until every
+                // reader is gone, so this ends).
                 loop {
                     match tx.try_send(msg) {
                         Ok(()) => break,
                         Err(TrySendError::Full(m)) => {
-                            if stop.load(Ordering::Relaxed) {
-                                return;
-                            }
                             msg = m;
                             std::thread::sleep(Duration::from_millis(1));
                         }
@@ -308,6 +308,8 @@ fn read_loop(
                     }
                 }
             }
+            // Quiet for a whole poll: when stopping, everything acknowledged has been read.
+            Ok(None) if stop.load(Ordering::Relaxed) => return,
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "local link closed");
@@ -364,9 +366,10 @@ struct Committer {
 }
 
 impl Committer {
-    fn run(mut self, stop: Arc<AtomicBool>) {
+    /// Commits until every reader has stopped and their queue is empty.
+    fn run(mut self) {
         let mut batch = Vec::with_capacity(self.settings.max_batch);
-        while !stop.load(Ordering::Relaxed) {
+        loop {
             match self.rx.recv_timeout(POLL) {
                 Ok(m) => batch.push(m),
                 Err(RecvTimeoutError::Timeout) => continue,

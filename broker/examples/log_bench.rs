@@ -5,6 +5,8 @@
 //! cargo run --release -p pairbus-broker --example log_bench -- million    # 1 M records: reads, by_device
 //! cargo run --release -p pairbus-broker --example log_bench -- sync-probe 100   # for strace
 //! cargo run --release -p pairbus-broker --example log_bench -- bydevice   # by_device in a loop, for perf
+//! cargo run --release -p pairbus-broker --example log_bench -- bydevice 1000000 1000 60  # same, 1 M records
+//! cargo run --release -p pairbus-broker --example log_bench -- byreopen /tmp/kept-log  # open + by_device on a kept log
 //! cargo run --release -p pairbus-broker --example log_bench -- cpu 20480  # N appends at batch 1024, for callgrind
 //! cargo run --release -p pairbus-broker --example log_bench -- reopen 1000000  # where open time goes
 //! ```
@@ -471,18 +473,63 @@ fn main() {
         }
         Some("million") => million(),
         Some("bydevice") => {
-            // For profiling: 200,000 records, then by_device in a loop.
-            let evs = events(200_000, 200, 0, 5);
+            // For profiling: N records (200,000) over D devices (200), then by_device in a
+            // loop for S seconds (15).
+            let arg = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+            let (n, devices, secs) = (arg(1, 200_000), arg(2, 200), arg(3, 15));
+            let evs = events(n, devices, 0, 5);
             let dir = bench_dir();
             let log = SledLog::open(LogConfig::new(dir.path()), root()).expect("open");
             for chunk in evs.chunks(1024) {
                 log.append_batch(chunk.to_vec(), now_ms()).expect("append");
             }
+            drop(evs);
             eprintln!("--- built ---");
             let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(15) {
-                by_device_latency_n(&log, "loop", 200, 200);
+            while t.elapsed() < Duration::from_secs(secs) {
+                by_device_latency_n(&log, "loop", devices, 200);
             }
+        }
+        Some("byreopen") => {
+            // by_device right after open, on a kept log: `byreopen DIR [N]` writes N records
+            // (1,000,000) over 1,000 devices into DIR if it holds no log yet, then opens it
+            // (timed, process CPU) and runs two passes of 1,000 calls: the first right after
+            // open (racing the frame cache warm-up), the second once it is done. Delete DIR
+            // afterwards.
+            let dir = Path::new(args.get(1).expect("byreopen DIR [N]")).to_path_buf();
+            let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+            let config = LogConfig::new(&dir);
+            if !dir.join("db").exists() {
+                let evs = events(n, 1000, 0, 7);
+                let log = SledLog::open(config.clone(), root()).expect("open");
+                for chunk in evs.chunks(1024) {
+                    log.append_batch(chunk.to_vec(), now_ms()).expect("append");
+                }
+                println!("wrote {n} records to {}", dir.display());
+            }
+            let (t, c0) = (Instant::now(), process_cpu());
+            let log = SledLog::open(config, root()).expect("reopen");
+            println!(
+                "open with {} records: {:.3} s{}",
+                log.head().seq,
+                t.elapsed().as_secs_f64(),
+                match (c0, process_cpu()) {
+                    (Some(a), Some(b)) => format!(" ({:.3} s CPU)", (b - a).as_secs_f64()),
+                    _ => String::new(),
+                }
+            );
+            by_device_latency(&log, "after reopen, 1st pass");
+            let (t, c0) = (Instant::now(), process_cpu());
+            log.wait_for_frame_cache();
+            println!(
+                "frame cache warm-up still running after the 1st pass: {:.3} s{}",
+                t.elapsed().as_secs_f64(),
+                match (c0, process_cpu()) {
+                    (Some(a), Some(b)) => format!(" ({:.3} s process CPU)", (b - a).as_secs_f64()),
+                    _ => String::new(),
+                }
+            );
+            by_device_latency(&log, "after reopen, 2nd pass");
         }
         Some("cpu") => {
             // For instruction counts (valgrind --tool=callgrind): N records at batch 1024.
@@ -498,7 +545,7 @@ fn main() {
             sync_probe(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100));
         }
         Some(other) => eprintln!(
-            "unknown mode {other}: append | million | frames B | bydevice | cpu N | reopen N | sync-probe N"
+            "unknown mode {other}: append | million | frames B | bydevice [N D S] | byreopen DIR [N] | cpu N | reopen N | sync-probe N"
         ),
     }
 }

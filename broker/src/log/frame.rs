@@ -138,6 +138,11 @@ impl<'a> RecordFrame<'a> {
         })
     }
 
+    /// The whole frame's bytes (what [`Located::event`] ranges index into).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.buf
+    }
+
     /// Seq one past the last record.
     pub fn end_seq(&self) -> u64 {
         self.first_seq + u64::from(self.count)
@@ -146,6 +151,11 @@ impl<'a> RecordFrame<'a> {
     /// The `i`-th entry (0-based).
     pub fn entry(&self, i: u32) -> Result<Entry<'a>, FrameError> {
         self.entry_at(self.offset(i)?)
+    }
+
+    /// Where in a frame the `i`-th entry's offset is stored (the offset table's slot `i`).
+    pub fn offset_table_at(i: usize) -> usize {
+        RECORD_HEADER + 4 * i
     }
 
     /// Where the `i`-th entry starts, from the offset table (checked to lie past the table).

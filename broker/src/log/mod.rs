@@ -54,10 +54,15 @@
 //! `get` and `by_device` read single records out of frames (a device's records are spread
 //! over the log in arrival order). A bounded, direct-mapped **frame cache**
 //! ([`LogConfig::frame_cache_bytes`], 256 MiB by default) keeps frames by frame number as
-//! reference-counted sled values: filled with each durable commit's frames and on a miss,
-//! never invalidated (frames are immutable), a hit always the frame asked for. `by_device`
-//! reads in short passes (frames, then every offset table, then every entry header and
-//! `prev`, then the copies) so the cache misses of its many records overlap.
+//! reference-counted sled values: filled with each durable commit's frames (unless a reader
+//! holds the cache at that moment: a commit never waits for readers), on a miss, and at open
+//! by a background thread that reads the newest frames it can hold in one sequential pass
+//! (joined when the log drops; [`SledLog::wait_for_frame_cache`]); never invalidated (frames
+//! are immutable), a hit always the frame asked for. The slots sit behind one reader-writer
+//! lock: `by_device` takes it once and borrows every frame, with no lock or reference count
+//! per record, and reads in short passes (frames, then every offset table, then every entry
+//! header and `prev`, then the copies), each preceded by a tight loop that only loads the
+//! bytes the pass will read, so the cache misses of its many records overlap.
 //!
 //! ## Durability
 //!

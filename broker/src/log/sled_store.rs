@@ -2,7 +2,8 @@
 
 use super::cache::FrameCache;
 use super::frame::{
-    decode_index_frame, visit_index_frame, FrameBuilder, RecordFrame, FRAME_TARGET_BYTES,
+    decode_index_frame, visit_index_frame, FrameBuilder, FrameError, RecordFrame,
+    FRAME_TARGET_BYTES,
 };
 use super::index::{plan_batch, Decision, Indexes};
 use super::store::{AppendOutcome, Head, LogError, LogStore, VerifiedEvent};
@@ -14,8 +15,9 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
 use tokio::sync::watch;
 
 /// Key prefix of record frames (`f` + first seq, u64 big-endian).
@@ -136,7 +138,9 @@ pub struct SledLog {
     broker_key: Key,
     writer: Mutex<Writer>,
     shared: RwLock<Shared>,
-    cache: FrameCache,
+    cache: Arc<FrameCache>,
+    /// The background warm-up of the frame cache started by `open`, if still joinable.
+    warming: Mutex<Option<Warming>>,
     durable: AtomicU64,
     head_tx: watch::Sender<u64>,
 }
@@ -296,6 +300,11 @@ impl SledLog {
             total_ms = started.elapsed().as_millis() as u64,
             "log opened (indexes rebuilt)"
         );
+        let cache = Arc::new(FrameCache::new(
+            config.frame_cache_bytes,
+            FRAME_TARGET_BYTES,
+        ));
+        let warming = Warming::start(&db, &shared.frames, &cache);
         let (head_tx, _) = watch::channel(head);
         Ok(SledLog {
             broker_key: root.derive(&Kid::broker()),
@@ -311,11 +320,27 @@ impl SledLog {
                 synced_blobs: HashSet::new(),
             }),
             shared: RwLock::new(shared),
-            cache: FrameCache::new(config.frame_cache_bytes, FRAME_TARGET_BYTES),
+            cache,
+            warming: Mutex::new(warming),
             durable: AtomicU64::new(head),
             head_tx,
             config,
         })
+    }
+
+    /// Waits until the frame cache holds the newest frames it can: `open` starts reading
+    /// them from sled in a background thread (so that the first point reads after a restart
+    /// do not each go to sled) and returns without waiting. For benchmarks and tests; reads
+    /// are correct at any time.
+    pub fn wait_for_frame_cache(&self) {
+        let w = self
+            .warming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(w) = w {
+            w.join();
+        }
     }
 
     /// The configuration it was opened with.
@@ -376,15 +401,19 @@ impl SledLog {
         if let Some(v) = self.cache.get(no) {
             return Ok(v);
         }
-        let v = self
-            .db
+        let v = self.read_frame(first)?;
+        self.cache.put_all(vec![(no, v.clone())]);
+        Ok(v)
+    }
+
+    /// The bytes of the frame starting at `first`, from sled.
+    fn read_frame(&self, first: u64) -> Result<sled::IVec, LogError> {
+        self.db
             .get(key(FRAME_PREFIX, first))?
             .ok_or_else(|| LogError::Corrupt {
                 at: format!("frame {first}"),
                 detail: "indexed frame missing".into(),
-            })?;
-        self.cache.put(no, v.clone());
-        Ok(v)
+            })
     }
 
     /// Appends the durable records with seq in `range` to `out`, in order; returns how many.
@@ -535,10 +564,147 @@ impl SledLog {
     }
 }
 
+/// The background warm-up of the frame cache: a thread reading the newest record frames the
+/// cache can hold, in one sequential pass over sled. Stopped and joined when the log drops.
+#[derive(Debug)]
+struct Warming {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Warming {
+    /// Starts warming `cache` with the newest of `frames` (first seqs; numbers are positions),
+    /// or returns `None` when there is nothing to warm or no thread could be started.
+    fn start(db: &sled::Db, frames: &[u64], cache: &Arc<FrameCache>) -> Option<Self> {
+        let n = cache.capacity().min(frames.len());
+        if n == 0 {
+            return None;
+        }
+        let from = frames.len() - n;
+        let (db, frames, cache) = (db.clone(), frames[from..].to_vec(), cache.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("log-cache-warm".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match warm_cache(&db, &frames, from as u64, &cache, &stopped) {
+                    Ok(cached) => tracing::info!(
+                        cached_frames = cached,
+                        warm_ms = started.elapsed().as_millis() as u64,
+                        "frame cache warmed"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "frame cache warm-up stopped"),
+                }
+            })
+            .map_err(|e| tracing::warn!(error = %e, "frame cache warm-up not started"))
+            .ok()?;
+        Some(Warming { stop, thread })
+    }
+
+    /// Waits for the warm-up to finish.
+    fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::warn!("frame cache warm-up panicked");
+        }
+    }
+}
+
+impl Drop for SledLog {
+    fn drop(&mut self) {
+        let w = self
+            .warming
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(w) = w {
+            w.stop.store(true, Ordering::Relaxed);
+            w.join();
+        }
+    }
+}
+
+/// Frames the warm-up caches per write lock of the cache (4 MiB): readers and commits never
+/// wait long for it.
+const WARM_CHUNK: usize = 256;
+
+/// Puts the record frames starting at `frames` (first seqs; the first is frame number
+/// `first_no`) into `cache`, read in one sequential pass over sled, unless `stop` is set;
+/// returns how many it cached. A frame whose key is not the expected one ends the warm-up
+/// without caching it (reads then find the problem). Never replaces a newer frame (one
+/// committed meanwhile) with an older one.
+fn warm_cache(
+    db: &sled::Db,
+    frames: &[u64],
+    first_no: u64,
+    cache: &FrameCache,
+    stop: &AtomicBool,
+) -> Result<usize, LogError> {
+    let (Some(&first), Some(&last)) = (frames.first(), frames.last()) else {
+        return Ok(0);
+    };
+    let (mut cached, mut chunk) = (0, Vec::with_capacity(WARM_CHUNK));
+    for (item, (i, &want)) in db
+        .range(key(FRAME_PREFIX, first)..=key(FRAME_PREFIX, last))
+        .zip(frames.iter().enumerate())
+    {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let (k, v) = item?;
+        if k.as_ref() != key(FRAME_PREFIX, want) {
+            break;
+        }
+        chunk.push((first_no + i as u64, v));
+        if chunk.len() == WARM_CHUNK {
+            cached += chunk.len();
+            cache.put_older(std::mem::take(&mut chunk));
+        }
+    }
+    cached += chunk.len();
+    cache.put_older(chunk);
+    Ok(cached)
+}
+
+/// Bytes from an entry's start that `by_device` loads ahead of reading it: the header and a
+/// typical event (≈ 240 bytes; a longer event's tail is read by the copy itself).
+const ENTRY_SPAN: usize = 320;
+
+/// Loads one byte at each `(bytes, index)` (out-of-range indexes are skipped) and discards
+/// them: a loop with nothing else in it keeps many cache misses in flight at once, so the
+/// pass that then reads those places finds them in the CPU cache. No effect on results.
+fn touch<'a>(places: impl Iterator<Item = (&'a [u8], usize)>) {
+    let mut acc = 0u8;
+    for (b, i) in places {
+        acc ^= b.get(i).copied().unwrap_or(0);
+    }
+    std::hint::black_box(acc);
+}
+
 /// The frame holding `seq` in a list of frame first seqs: its number and first seq.
 fn frame_containing(frames: &[u64], seq: u64) -> Option<(u64, u64)> {
     let i = frames.partition_point(|&f| f <= seq).checked_sub(1)?;
     Some((i as u64, frames[i]))
+}
+
+/// The number of the frame holding `seq`, searching forward from frame number `from` by
+/// galloping: for increasing seqs (a device's records) each lookup costs O(log distance)
+/// instead of a binary search over the whole list. Any `from` gives the right answer.
+fn frame_containing_from(frames: &[u64], from: usize, seq: u64) -> Option<usize> {
+    if frames.get(from).is_none_or(|&f| f > seq) {
+        return frame_containing(frames, seq).map(|(i, _)| i as usize);
+    }
+    // Invariant: frames[lo] <= seq.
+    let (mut lo, mut step) = (from, 1);
+    let hi = loop {
+        let probe = lo.saturating_add(step);
+        if probe >= frames.len() || frames[probe] > seq {
+            break probe.min(frames.len());
+        }
+        lo = probe;
+        step *= 2;
+    };
+    Some(lo + frames[lo..hi].partition_point(|&f| f <= seq) - 1)
 }
 
 /// What a durable commit produced, for the in-memory state and the caller.
@@ -612,11 +778,12 @@ impl LogStore for SledLog {
             }
         };
         let head = w.next_seq - 1;
+        let mut to_cache = Vec::with_capacity(frames.len());
         {
             let mut s = self.shared.write().unwrap_or_else(|e| e.into_inner());
             s.indexes.apply(&events, &plan);
             for (first, bytes) in frames {
-                self.cache.put(s.frames.len() as u64, bytes);
+                to_cache.push((s.frames.len() as u64, bytes));
                 s.frames.push(first);
             }
             if checkpoint.is_some() {
@@ -627,6 +794,8 @@ impl LogStore for SledLog {
                 hash: w.head_hash,
             };
         }
+        // Never waits for readers: frames not cached now are cached on their first miss.
+        self.cache.try_put_all(to_cache);
         self.durable.store(head, Ordering::Release);
         self.head_tx.send_replace(head);
         tracing::debug!(head, "committed");
@@ -671,68 +840,117 @@ impl LogStore for SledLog {
 
     fn by_device(&self, device: &DeviceId, range: Range<u64>) -> Result<Vec<Record>, LogError> {
         let end = range.end.min(self.durable_seq() + 1);
-        // (seq, frame number, frame first seq) of every wanted record, under the read lock.
-        let wanted: Vec<(u64, u64, u64)> = {
+        // (seq, index into `frames`) of every wanted record and (number, first seq) of every
+        // distinct frame they sit in, under the read lock.
+        let mut wanted: Vec<(u64, usize)> = Vec::new();
+        let mut frames: Vec<(u64, u64)> = Vec::new();
+        {
             let s = self.read_shared();
             let all = s.indexes.device_seqs(device);
             let lo = all.partition_point(|&x| x < range.start);
             let hi = all.partition_point(|&x| x < end).max(lo);
-            all[lo..hi]
-                .iter()
-                .filter_map(|&seq| {
-                    frame_containing(&s.frames, seq).map(|(no, first)| (seq, no, first))
-                })
-                .collect()
-        };
-        // The records sit in different frames, so the cost is memory latency. Three short
-        // passes instead of one long one let the CPU overlap the cache misses of many records:
-        // 1. the frames (one per distinct frame number, in order);
-        let mut frames: Vec<(u64, u64, sled::IVec)> = Vec::with_capacity(wanted.len());
-        for &(_, no, first) in &wanted {
-            if frames.last().map(|f| f.0) != Some(no) {
-                frames.push((no, first, self.load_frame(no, first)?));
+            wanted.reserve(hi - lo);
+            frames.reserve(hi - lo);
+            let mut at = 0;
+            for &seq in &all[lo..hi] {
+                let Some(no) = frame_containing_from(&s.frames, at, seq) else {
+                    continue;
+                };
+                at = no;
+                if frames.last().map(|f| f.0) != Some(no as u64) {
+                    frames.push((no as u64, s.frames[no]));
+                }
+                wanted.push((seq, frames.len() - 1));
             }
         }
-        // 2. where each record is in its frame: first the offset tables,
-        let mut offsets = Vec::with_capacity(wanted.len());
-        let mut fi = 0;
-        for &(seq, no, first) in &wanted {
-            while frames[fi].0 != no {
-                fi += 1;
+        // The records sit in different frames, so the cost is memory latency: short passes
+        // with independent loads (no lock, atomic or allocation per frame) let the CPU
+        // overlap the cache misses of many records instead of taking them one by one.
+        // 1. The frames: borrowed from the cache (one read lock), the others from sled.
+        let view = self.cache.read();
+        let mut loaded: Vec<(u64, sled::IVec)> = Vec::new();
+        for &(no, first) in &frames {
+            if view.get(no).is_none() {
+                loaded.push((no, self.read_frame(first)?));
             }
-            let f = RecordFrame::parse(&frames[fi].2).map_err(|e| LogError::corrupt(first, e))?;
+        }
+        let mut from_sled = loaded.iter();
+        let mut bytes: Vec<&[u8]> = Vec::with_capacity(frames.len());
+        for &(no, first) in &frames {
+            bytes.push(match view.get(no) {
+                Some(v) => v,
+                None => match from_sled.next() {
+                    Some((n, v)) if *n == no => v,
+                    // Unreachable: the cache cannot change while `view` is held.
+                    _ => return Err(LogError::corrupt(first, FrameError::Bad("frame cache"))),
+                },
+            });
+        }
+        // Each pass starts with a tight loop that only loads the bytes the pass will read
+        // (`touch`): many independent loads in flight, so the pass itself hits the cache.
+        touch(bytes.iter().map(|b| (*b, 0)));
+        let mut parsed = Vec::with_capacity(frames.len());
+        for (b, &(_, first)) in bytes.iter().zip(&frames) {
+            parsed.push(RecordFrame::parse(b).map_err(|e| LogError::corrupt(first, e))?);
+        }
+        // 2. Where each record is in its frame: first the offset tables,
+        touch(wanted.iter().map(|&(seq, fi)| {
+            let f = &parsed[fi];
+            let table = RecordFrame::offset_table_at(seq.wrapping_sub(f.first_seq) as usize);
+            (f.as_bytes(), table)
+        }));
+        let mut offsets = Vec::with_capacity(wanted.len());
+        for &(seq, fi) in &wanted {
+            let f = &parsed[fi];
             let i = seq
                 .checked_sub(f.first_seq)
                 .filter(|&i| i < u64::from(f.count))
                 .ok_or_else(|| LogError::Corrupt {
-                    at: format!("frame {first}"),
+                    at: format!("frame {}", f.first_seq),
                     detail: format!("does not hold seq {seq}"),
                 })? as u32;
             let off = f.offset(i).map_err(|e| LogError::corrupt(seq, e))?;
             let prev_at = i.checked_sub(1).map(|p| f.offset(p)).transpose();
             let prev_at = prev_at.map_err(|e| LogError::corrupt(seq, e))?;
-            offsets.push((seq, fi, off, prev_at));
+            offsets.push((off, prev_at));
         }
-        //    then the entries (`prev`, header);
+        //    then the entries (`prev`, header, and every cache line up to the next entry);
+        touch(
+            wanted
+                .iter()
+                .zip(&offsets)
+                .flat_map(|(&(_, fi), &(off, prev_at))| {
+                    let b = parsed[fi].as_bytes();
+                    let prev = prev_at.map(|p| (b, p + 8));
+                    let lines = (off..(off + ENTRY_SPAN).min(b.len())).step_by(64);
+                    prev.into_iter().chain(lines.map(move |at| (b, at)))
+                }),
+        );
         let mut located = Vec::with_capacity(wanted.len());
-        for (seq, fi, off, prev_at) in offsets {
-            let f = RecordFrame::parse(&frames[fi].2).map_err(|e| LogError::corrupt(seq, e))?;
-            let at = f
+        for (&(seq, fi), &(off, prev_at)) in wanted.iter().zip(&offsets) {
+            let at = parsed[fi]
                 .locate_at(off, prev_at)
                 .map_err(|e| LogError::corrupt(seq, e))?;
-            located.push((seq, fi, at));
+            located.push(at);
         }
         // 3. the copies.
-        Ok(located
-            .into_iter()
-            .map(|(seq, fi, at)| Record {
+        let out = wanted
+            .iter()
+            .zip(located)
+            .map(|(&(seq, fi), at)| Record {
                 seq,
                 prev: at.prev,
                 hash: at.hash,
                 received_at: at.received_at,
-                event: frames[fi].2[at.event].to_vec(),
+                event: parsed[fi].as_bytes()[at.event].to_vec(),
             })
-            .collect())
+            .collect();
+        drop(parsed);
+        drop(view);
+        if !loaded.is_empty() {
+            self.cache.put_all(loaded);
+        }
+        Ok(out)
     }
 
     fn verify(&self) -> Result<VerifyReport, LogError> {
@@ -781,5 +999,80 @@ impl LogStore for SledLog {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.head_tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pairbus_schemas::EventId;
+
+    /// Opening fills the frame cache with the newest frames it can hold, each under its own
+    /// number and equal to the frame in sled; older frames stay out.
+    #[test]
+    fn open_warms_the_frame_cache_with_the_newest_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = LogConfig::new(dir.path());
+        config.frame_cache_bytes = 5 * FRAME_TARGET_BYTES;
+        let root = pairbus_schemas::vectors::root();
+        {
+            let log = SledLog::open(config.clone(), root.clone()).unwrap();
+            let events = (0..200u64)
+                .map(|i| {
+                    let d = DeviceId::parse(&format!("{:016x}", i % 3)).unwrap();
+                    VerifiedEvent::from_parts(
+                        EventId((i as u128 + 1).to_be_bytes()),
+                        d.kid(),
+                        i + 1,
+                        d,
+                        None,
+                        vec![i as u8; 1000],
+                    )
+                })
+                .collect();
+            log.append_batch(events, 1).unwrap();
+        }
+        let log = SledLog::open(config, root).unwrap();
+        log.wait_for_frame_cache();
+        let frames = log.read_shared().frames.clone();
+        assert!(frames.len() > 5, "{} frames", frames.len());
+        for (no, &first) in frames.iter().enumerate() {
+            let cached = log.cache.get(no as u64);
+            if no < frames.len() - 5 {
+                assert!(cached.is_none(), "frame {no} cached");
+            } else {
+                assert_eq!(cached, Some(log.read_frame(first).unwrap()), "frame {no}");
+            }
+        }
+    }
+
+    #[test]
+    fn galloping_finds_the_same_frame_as_a_binary_search() {
+        let mut rng_state = 7u64;
+        let mut next = move |m: u64| {
+            rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (rng_state >> 33) % m
+        };
+        // Frames of 1 to 40 records from seq 1.
+        let mut frames = vec![1u64];
+        while frames.len() < 500 {
+            let last = *frames.last().unwrap();
+            frames.push(last + 1 + next(40));
+        }
+        let end = frames[499] + 10;
+        assert_eq!(frame_containing_from(&frames, 0, 0), None);
+        assert_eq!(frame_containing_from(&[], 0, 5), None);
+        for gap in [1, 3, 50, 2000] {
+            let (mut seq, mut at) = (1, 0);
+            while seq < end {
+                let want = frame_containing(&frames, seq).map(|(i, _)| i as usize);
+                assert_eq!(frame_containing_from(&frames, at, seq), want, "seq {seq}");
+                // Any start answers right, even one past the frame (a stale cursor).
+                let any = next(frames.len() as u64 + 2) as usize;
+                assert_eq!(frame_containing_from(&frames, any, seq), want, "seq {seq}");
+                at = want.unwrap();
+                seq += 1 + next(gap);
+            }
+        }
     }
 }

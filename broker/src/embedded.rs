@@ -120,32 +120,51 @@ impl Embedded {
         self.fold.commit()
     }
 
-    /// Folds one newly committed record, publishes what changed and relays the event.
-    pub fn on_commit(&mut self, record: &Record, event: &Event, out: &mut dyn Publish) {
-        let targets = relay::targets(event, self.state());
-        let fx = match self.fold.apply(record) {
-            Ok(fx) => fx,
-            Err(e) => {
-                // The views in memory are right; only their save failed (retried later).
-                tracing::error!(error = %e, seq = record.seq, "saving the projections failed");
-                Vec::new()
+    /// Folds the records of one group commit (consecutive, in log order; `events[i]` is
+    /// `records[i]`'s decoded event), publishes what changed and relays the events.
+    ///
+    /// The audit trail entries and alerts are published one per effect, in log order; the
+    /// retained views (device cards, the graph) once per commit for each one that changed,
+    /// taken from the projections after the whole commit ([`publications`]): a retained
+    /// message keeps only its last value, so this is what any subscriber holds after the
+    /// commit, but a live subscriber no longer sees a card's intermediate states within one
+    /// commit (the trail entries on `audit/events/<id>` show every step).
+    pub fn on_commit(&mut self, records: &[Record], events: &[Event], out: &mut dyn Publish) {
+        let mut fx = Vec::new();
+        // (relay targets, record) of each accepted event, in log order.
+        let mut relays = Vec::new();
+        for (record, event) in records.iter().zip(events) {
+            // Who the event concerns is decided by the state before it.
+            let targets = relay::targets(event, self.state());
+            match self.fold.apply(record) {
+                Ok(more) => fx.extend(more),
+                Err(e) => {
+                    // The views in memory are right; only their save failed (retried later).
+                    tracing::error!(error = %e, seq = record.seq, "saving the projections failed");
+                }
             }
-        };
+            if targets.is_empty() {
+                continue;
+            }
+            let accepted = self
+                .state()
+                .trails
+                .get(&event.device)
+                .and_then(|t| t.last())
+                .is_some_and(|e| e.seq == record.seq && e.status == Status::Accepted);
+            if accepted {
+                relays.push((targets, record));
+            }
+        }
         if self.saved_at.elapsed() >= SAVE_EVERY {
             if let Err(e) = self.save() {
                 tracing::error!(error = %e, "saving the projections failed");
             }
         }
-        let state = &self.fold.projections;
-        let accepted = state
-            .trails
-            .get(&event.device)
-            .and_then(|t| t.last())
-            .is_some_and(|e| e.seq == record.seq && e.status == Status::Accepted);
         // Views first, then relays. The two planes are separate routers, so this narrows but
         // does not close the window in which a device has heard a relay while an operator still
-        // reads the previous retained view; the new view follows within the same commit.
-        for p in publications(state, &fx, std::slice::from_ref(record)) {
+        // reads the previous retained view; the new views are handed over first.
+        for p in publications(&self.fold.projections, &fx, records) {
             out.publish(
                 PlaneKind::Operator,
                 p.topic.to_string(),
@@ -153,7 +172,7 @@ impl Embedded {
                 p.retain,
             );
         }
-        if accepted {
+        for (targets, record) in relays {
             for d in targets {
                 out.publish(
                     PlaneKind::Device,
@@ -172,6 +191,7 @@ mod tests {
     use crate::log::{LogConfig, SledLog, VerifiedEvent};
     use pairbus_projector::testkit::LogBuilder;
     use pairbus_schemas::{open_event, MAX_EVENT_SIZE};
+    use std::collections::BTreeMap;
 
     /// A log holding the events of `b`'s first records, received at `at`.
     fn log_of(dir: &Path, b: &LogBuilder, upto: usize, at: u64) -> SledLog {
@@ -194,6 +214,84 @@ mod tests {
         let s = b.configured(2, "a");
         b.pair(&m, &s);
         b
+    }
+
+    /// Everything published, in order.
+    #[derive(Default)]
+    struct Sent(Vec<(PlaneKind, String, Vec<u8>, bool)>);
+
+    impl Publish for Sent {
+        fn publish(&mut self, plane: PlaneKind, topic: String, payload: Vec<u8>, retain: bool) {
+            self.0.push((plane, topic, payload, retain));
+        }
+    }
+
+    impl Sent {
+        /// The messages of one kind (retained or not) on each (plane, topic), in order.
+        fn by_topic(&self, retained: bool) -> BTreeMap<(String, String), Vec<Vec<u8>>> {
+            let mut m: BTreeMap<(String, String), Vec<Vec<u8>>> = BTreeMap::new();
+            for (plane, topic, payload, retain) in &self.0 {
+                if *retain == retained {
+                    m.entry((plane.as_str().to_owned(), topic.clone()))
+                        .or_default()
+                        .push(payload.clone());
+                }
+            }
+            m
+        }
+    }
+
+    #[test]
+    fn one_commit_publishes_every_trail_entry_and_relay_and_each_changed_view_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = story();
+        let m = pairbus_projector::testkit::device(1);
+        let s = pairbus_projector::testkit::device(2);
+        b.command(&m, &s, 1000);
+        b.action(&s, "on");
+        let root = b.root();
+        let events: Vec<Event> = b
+            .records
+            .iter()
+            .map(|r| open_event(&r.event, MAX_EVENT_SIZE, |k| Some(root.derive(k))).unwrap())
+            .collect();
+        let log = log_of(&dir.path().join("log"), &b, 0, b.now);
+        // The same records folded one commit per event, and all in one commit.
+        let mut single = Embedded::open(root.clone(), &log, &dir.path().join("p1")).unwrap();
+        let mut each = Sent::default();
+        for (r, e) in b.records.iter().zip(&events) {
+            single.on_commit(std::slice::from_ref(r), std::slice::from_ref(e), &mut each);
+        }
+        let mut batched = Embedded::open(root, &log, &dir.path().join("p2")).unwrap();
+        let mut once = Sent::default();
+        batched.on_commit(&b.records, &events, &mut once);
+        assert_eq!(single.state(), batched.state());
+        // Trail entries, alerts and relays: the same messages in the same order per topic.
+        let live = each.by_topic(false);
+        assert_eq!(live, once.by_topic(false));
+        assert!(live.contains_key(&("device".into(), format!("pairbus/v1/cmd/{s}"))));
+        assert!(live.contains_key(&("operator".into(), format!("pairbus/v1/audit/events/{m}"))));
+        // Retained views: one per changed view, equal to the last one of the per-event commits.
+        let views = each.by_topic(true);
+        let last: BTreeMap<_, _> = views
+            .iter()
+            .map(|(t, v)| (t.clone(), vec![v.last().unwrap().clone()]))
+            .collect();
+        assert_eq!(once.by_topic(true), last);
+        assert!(
+            views.values().any(|v| v.len() > 1),
+            "some view changed twice"
+        );
+        assert!(last.contains_key(&("operator".into(), "pairbus/v1/audit/graph".into())));
+        // Views before relays.
+        let first_relay = once
+            .0
+            .iter()
+            .position(|x| x.0 == PlaneKind::Device)
+            .unwrap();
+        assert!(once.0[first_relay..]
+            .iter()
+            .all(|x| x.0 == PlaneKind::Device));
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! The projections are persisted in their own sled database, `<data>/projections`
 //! ([`pairbus_projector::store`]: the views and a checkpoint, the last applied seq and hash,
 //! written in one atomic batch). They are saved every [`SAVE_EVERY_RECORDS`] records, at
-//! least every [`SAVE_EVERY`] while records come, and at shutdown. At start they resume from
+//! least every [`SAVE_EVERY`] while records come, and at shutdown. The committer only
+//! prepares a save (the changed views as one batch); a thread of its own, `pairbus-save`,
+//! writes the batches in order, so the fold goes on meanwhile. If a write fails, that thread
+//! writes nothing more until a restart, which resumes from the last checkpoint written (the
+//! views in memory stay right; the records after it are folded again at start). At start they resume from
 //! the checkpoint and fold only the records after it; they are rebuilt from genesis only when
 //! there is no checkpoint, when it is ahead of the log, or when its hash is not the log's hash
 //! at that position (another log, e.g. a data folder restored from a backup).
@@ -15,10 +19,12 @@ use crate::log::{LogError, LogStore};
 use crate::mqtt::auth::PlaneKind;
 use crate::relay;
 use pairbus_projector::publish::publications;
-use pairbus_projector::store::{Persistent, Store, StoreError};
+use pairbus_projector::store::{Persistent, PreparedSave, Store, StoreError};
 use pairbus_projector::{Config, Projections, Projector, Status};
 use pairbus_schemas::{Event, Record, RootSecret, Topic};
 use std::path::Path;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Records applied between two saves at most.
@@ -37,6 +43,49 @@ pub enum EmbeddedError {
     /// The projections store failed.
     #[error("projections store: {0}")]
     Store(#[from] StoreError),
+    /// A save written by the `pairbus-save` thread failed (or that thread is gone).
+    #[error("saving the projections: {0}")]
+    Save(String),
+    /// The `pairbus-save` thread could not be started.
+    #[error("starting the projections' save thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// What the `pairbus-save` thread is asked to do.
+enum SaveJob {
+    /// Write this save (after the ones before it).
+    Write(PreparedSave),
+    /// Answer once everything asked before is written: `Err` if a write failed.
+    Sync(Sender<Result<(), String>>),
+}
+
+/// Writes the prepared saves in order; after a failure, writes nothing more (a later save
+/// holds only the changes since the failed one, so writing it would record a checkpoint
+/// whose views are incomplete).
+fn save_loop(store: Store, jobs: Receiver<SaveJob>) {
+    let mut failed: Option<String> = None;
+    for job in jobs {
+        match job {
+            SaveJob::Write(save) => {
+                if failed.is_some() {
+                    continue;
+                }
+                let seq = save.last_seq();
+                if let Err(e) = store.write(save) {
+                    tracing::error!(
+                        error = %e,
+                        seq,
+                        "saving the projections failed; no more saves until a restart, \
+                         which resumes from the last saved checkpoint"
+                    );
+                    failed = Some(e.to_string());
+                }
+            }
+            SaveJob::Sync(reply) => {
+                let _ = reply.send(failed.clone().map_or(Ok(()), Err));
+            }
+        }
+    }
 }
 
 /// How the projections were brought up to the log's head at start.
@@ -53,6 +102,18 @@ pub struct Embedded {
     fold: Persistent,
     saved_at: Instant,
     resumed: Resumed,
+    /// The `pairbus-save` thread and its queue (taken only on drop).
+    saver: Option<(SyncSender<SaveJob>, JoinHandle<()>)>,
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        // Let the save thread finish the queued writes before the store closes.
+        if let Some((jobs, thread)) = self.saver.take() {
+            drop(jobs);
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Embedded {
@@ -87,6 +148,14 @@ impl Embedded {
             next = end;
         }
         fold.commit()?;
+        // From here on saves are prepared by `on_commit` and written by the save thread.
+        fold.set_save_every(usize::MAX);
+        let store = fold.store().clone();
+        // A few saves may wait; more and the committer waits for the writer.
+        let (jobs, queue) = sync_channel(2);
+        let thread = std::thread::Builder::new()
+            .name("pairbus-save".into())
+            .spawn(move || save_loop(store, queue))?;
         let resumed = Resumed {
             from,
             folded: head - from,
@@ -101,6 +170,7 @@ impl Embedded {
             fold,
             saved_at: Instant::now(),
             resumed,
+            saver: Some((jobs, thread)),
         })
     }
 
@@ -114,10 +184,34 @@ impl Embedded {
         &self.fold.projections
     }
 
-    /// Saves what was applied since the last save (at shutdown; also done as records come).
-    pub fn save(&mut self) -> Result<(), StoreError> {
+    /// Saves what was applied since the last save and waits until it and every save before
+    /// it are written (at shutdown; as records come, saves are written in the background).
+    pub fn save(&mut self) -> Result<(), EmbeddedError> {
+        self.save_in_background();
+        let (reply, answer) = channel();
+        let gone = || EmbeddedError::Save("the save thread is gone".into());
+        let (jobs, _) = self.saver.as_ref().ok_or_else(gone)?;
+        jobs.send(SaveJob::Sync(reply)).map_err(|_| gone())?;
+        answer
+            .recv()
+            .map_err(|_| gone())?
+            .map_err(EmbeddedError::Save)
+    }
+
+    /// Prepares the save of what was applied since the last one and queues it for the save
+    /// thread (waits only if that thread is two saves behind).
+    fn save_in_background(&mut self) {
         self.saved_at = Instant::now();
-        self.fold.commit()
+        let Some(save) = self.fold.take_save() else {
+            return;
+        };
+        let queued = self
+            .saver
+            .as_ref()
+            .is_some_and(|(jobs, _)| jobs.send(SaveJob::Write(save)).is_ok());
+        if !queued {
+            tracing::error!("the projections' save thread is gone; nothing saved until restart");
+        }
     }
 
     /// Folds the records of one group commit (consecutive, in log order; `events[i]` is
@@ -139,7 +233,7 @@ impl Embedded {
             match self.fold.apply(record) {
                 Ok(more) => fx.extend(more),
                 Err(e) => {
-                    // The views in memory are right; only their save failed (retried later).
+                    // Unreachable: this fold never saves by itself (`set_save_every`).
                     tracing::error!(error = %e, seq = record.seq, "saving the projections failed");
                 }
             }
@@ -156,10 +250,8 @@ impl Embedded {
                 relays.push((targets, record));
             }
         }
-        if self.saved_at.elapsed() >= SAVE_EVERY {
-            if let Err(e) = self.save() {
-                tracing::error!(error = %e, "saving the projections failed");
-            }
+        if self.fold.unsaved() >= SAVE_EVERY_RECORDS || self.saved_at.elapsed() >= SAVE_EVERY {
+            self.save_in_background();
         }
         // Views first, then relays. The two planes are separate routers, so this narrows but
         // does not close the window in which a device has heard a relay while an operator still
@@ -292,6 +384,38 @@ mod tests {
         assert!(once.0[first_relay..]
             .iter()
             .all(|x| x.0 == PlaneKind::Device));
+    }
+
+    #[test]
+    fn saves_written_by_the_save_thread_are_resumed_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = story();
+        let n = b.records.len();
+        let root = b.root();
+        let empty = log_of(&dir.path().join("empty"), &b, 0, b.now);
+        let full = log_of(&dir.path().join("full"), &b, n, b.now);
+        let records = full.range(1..n as u64 + 1).unwrap();
+        let events: Vec<Event> = records
+            .iter()
+            .map(|r| open_event(&r.event, MAX_EVENT_SIZE, |k| Some(root.derive(k))).unwrap())
+            .collect();
+        let mut e = Embedded::open(root.clone(), &empty, &dir.path().join("p")).unwrap();
+        e.on_commit(&records[..2], &events[..2], &mut Sent::default());
+        e.save_in_background();
+        e.on_commit(&records[2..], &events[2..], &mut Sent::default());
+        e.save().unwrap();
+        let state = e.state().clone();
+        drop(e);
+        let e = Embedded::open(root, &full, &dir.path().join("p")).unwrap();
+        assert_eq!(
+            e.resumed(),
+            Resumed {
+                from: n as u64,
+                folded: 0
+            },
+            "both saves written, in order"
+        );
+        assert_eq!(e.state(), &state);
     }
 
     #[test]

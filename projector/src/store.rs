@@ -256,7 +256,13 @@ impl Store {
     /// written in the order they were prepared: each holds only the changes since the one
     /// before it.
     pub fn write(&self, save: PreparedSave) -> Result<(), StoreError> {
-        self.tree.apply_batch(save.batch)?;
+        // Building sled's batch (a hash map of reference-counted keys and values) is left to
+        // this side too: it costs as much as serialising the entries.
+        let mut batch = sled::Batch::default();
+        for (k, v) in save.entries {
+            batch.insert(k, v);
+        }
+        self.tree.apply_batch(batch)?;
         self.db.flush()?;
         Ok(())
     }
@@ -264,7 +270,7 @@ impl Store {
     /// The batch [`Store::save`] writes, built without touching the database, so that the
     /// fold can go on while another thread writes it ([`Store::write`]).
     pub fn prepare(p: &Projections, effects: &[Effect]) -> PreparedSave {
-        let mut batch = sled::Batch::default();
+        let mut batch = Entries(Vec::with_capacity(effects.len() + 2));
         let mut cards: BTreeSet<&DeviceId> = BTreeSet::new();
         for fx in effects {
             match fx {
@@ -313,7 +319,7 @@ impl Store {
             }),
         );
         PreparedSave {
-            batch,
+            entries: batch.0,
             last_seq: p.last_seq,
         }
     }
@@ -392,9 +398,19 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The (key, value) pairs of a save, in order (a later value of a key wins, as in a sled
+/// batch).
+struct Entries(Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Entries {
+    fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.0.push((k, v));
+    }
+}
+
 /// One save of the projections, ready to be written ([`Store::prepare`], [`Store::write`]).
 pub struct PreparedSave {
-    batch: sled::Batch,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
     last_seq: u64,
 }
 

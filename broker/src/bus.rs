@@ -135,10 +135,10 @@ impl Bus {
         let folder = projections.clone();
         let checkpoints = log.clone();
         let mut last_checkpoint = 0;
-        let hook: crate::ingest::CommitHook = Box::new(move |record, event, out| {
+        let hook: crate::ingest::CommitHook = Box::new(move |records, events, out| {
             // A poisoned lock means a panic in the fold on another thread; keep folding.
             let mut p = folder.lock().unwrap_or_else(|e| e.into_inner());
-            p.on_commit(record, event, out);
+            p.on_commit(records, events, out);
             // A new signed chain head (made inside a commit): publish it, retained.
             if let Some(c) = checkpoints.latest_checkpoint() {
                 if c.seq > last_checkpoint {

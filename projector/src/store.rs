@@ -201,7 +201,8 @@ fn trail_key(d: &DeviceId, seq: u64) -> Vec<u8> {
     k
 }
 
-/// Projections persisted in a sled database.
+/// Projections persisted in a sled database (a handle: clones share the database).
+#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
@@ -248,7 +249,28 @@ impl Store {
     /// Writes the changes named by `effects` (everything applied since the last save), the
     /// fold's bookkeeping and the checkpoint of `p` in one atomic batch, then flushes.
     pub fn save(&self, p: &Projections, effects: &[Effect]) -> Result<(), StoreError> {
+        self.write(Store::prepare(p, effects))
+    }
+
+    /// Writes a save prepared by [`Store::prepare`] (atomically, then flushes). Saves must be
+    /// written in the order they were prepared: each holds only the changes since the one
+    /// before it.
+    pub fn write(&self, save: PreparedSave) -> Result<(), StoreError> {
+        // Building sled's batch (a hash map of reference-counted keys and values) is left to
+        // this side too: it costs as much as serialising the entries.
         let mut batch = sled::Batch::default();
+        for (k, v) in save.entries {
+            batch.insert(k, v);
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The batch [`Store::save`] writes, built without touching the database, so that the
+    /// fold can go on while another thread writes it ([`Store::write`]).
+    pub fn prepare(p: &Projections, effects: &[Effect]) -> PreparedSave {
+        let mut batch = Entries(Vec::with_capacity(effects.len() + 2));
         let mut cards: BTreeSet<&DeviceId> = BTreeSet::new();
         for fx in effects {
             match fx {
@@ -296,9 +318,10 @@ impl Store {
                 last_hash: hex::encode(p.last_hash),
             }),
         );
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
-        Ok(())
+        PreparedSave {
+            entries: batch.0,
+            last_seq: p.last_seq,
+        }
     }
 
     /// Empties the store (the projections will be rebuilt from genesis).
@@ -375,6 +398,37 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The (key, value) pairs of a save, in order (a later value of a key wins, as in a sled
+/// batch).
+struct Entries(Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Entries {
+    fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.0.push((k, v));
+    }
+}
+
+/// One save of the projections, ready to be written ([`Store::prepare`], [`Store::write`]).
+pub struct PreparedSave {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    last_seq: u64,
+}
+
+impl PreparedSave {
+    /// The checkpoint it saves: the last log position applied.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+impl std::fmt::Debug for PreparedSave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedSave")
+            .field("last_seq", &self.last_seq)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The fold with its store: applies records and saves every `batch` records (and on
 /// [`Persistent::commit`]), so that a restart resumes from the last checkpoint.
 #[derive(Debug)]
@@ -443,6 +497,36 @@ impl Persistent {
         self.pending.clear();
         self.unsaved = 0;
         Ok(())
+    }
+
+    /// Records applied since the last save.
+    pub fn unsaved(&self) -> usize {
+        self.unsaved
+    }
+
+    /// Sets how many records [`Persistent::apply`] applies before saving by itself
+    /// (`usize::MAX`: never, the caller saves with [`Persistent::commit`] or
+    /// [`Persistent::take_save`]).
+    pub fn set_save_every(&mut self, records: usize) {
+        self.batch = records.max(1);
+    }
+
+    /// A handle on the store (to write prepared saves from another thread).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Prepares the save of everything applied since the last one and forgets it here, as if
+    /// saved: the caller must [`Store::write`] it, in order with the other saves. `None` when
+    /// nothing was applied since the last save.
+    pub fn take_save(&mut self) -> Option<PreparedSave> {
+        if self.unsaved == 0 {
+            return None;
+        }
+        let save = Store::prepare(&self.projections, &self.pending);
+        self.pending.clear();
+        self.unsaved = 0;
+        Some(save)
     }
 
     /// Saves everything applied so far with its checkpoint.

@@ -76,6 +76,65 @@ pub fn encode_canonical(value: Value) -> Result<Vec<u8>, CborError> {
     Ok(encode_value(&canonicalize(value)?))
 }
 
+/// Writes a small fixed-shape map straight into a buffer with `ciborium_ll`'s encoder (the
+/// same heads `ciborium` writes), without building a [`Value`] tree and sorting it: for the
+/// messages written once per event (log records, commit confirmations). The caller gives the
+/// entries **already in deterministic order** (keys sorted by their encoded bytes: shorter text
+/// keys first, then bytewise); each such encoder has a test that its output equals
+/// [`encode_canonical`] of the same map.
+pub(crate) struct MapWriter<'a> {
+    enc: ciborium_ll::Encoder<&'a mut Vec<u8>>,
+}
+
+impl<'a> MapWriter<'a> {
+    /// Starts a map of `len` entries at the end of `out`.
+    pub(crate) fn new(out: &'a mut Vec<u8>, len: usize) -> Self {
+        let mut w = MapWriter {
+            enc: ciborium_ll::Encoder::from(out),
+        };
+        w.head(ciborium_ll::Header::Map(Some(len)));
+        w
+    }
+
+    fn head(&mut self, h: ciborium_ll::Header) {
+        // Writing into a Vec cannot fail.
+        self.enc
+            .push(h)
+            .expect("CBOR encoding into a Vec never fails");
+    }
+
+    fn key(&mut self, key: &str) {
+        self.enc
+            .text(key, None)
+            .expect("CBOR encoding into a Vec never fails");
+    }
+
+    /// A `key: uint` entry.
+    pub(crate) fn uint(&mut self, key: &str, n: u64) -> &mut Self {
+        self.key(key);
+        self.head(ciborium_ll::Header::Positive(n));
+        self
+    }
+
+    /// A `key: bstr` entry.
+    pub(crate) fn bytes(&mut self, key: &str, b: &[u8]) -> &mut Self {
+        self.key(key);
+        self.enc
+            .bytes(b, None)
+            .expect("CBOR encoding into a Vec never fails");
+        self
+    }
+
+    /// A `key: tstr` entry.
+    pub(crate) fn text(&mut self, key: &str, t: &str) -> &mut Self {
+        self.key(key);
+        self.enc
+            .text(t, None)
+            .expect("CBOR encoding into a Vec never fails");
+        self
+    }
+}
+
 /// Decodes exactly one deterministically encoded CBOR item of at most `limit` bytes.
 ///
 /// Fast accept, slow refuse: a single pass over the `ciborium-ll` headers ([`decode_fast`])

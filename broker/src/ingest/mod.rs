@@ -37,9 +37,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Called with every newly committed record (in log order), its decoded event, and a way to
-/// publish (the embedded projector and the relay use it).
-pub type CommitHook = Box<dyn FnMut(&Record, &Event, &mut dyn Publish) + Send>;
+/// Called once per group commit with the newly committed records (consecutive seqs, in log
+/// order), their decoded events (`events[i]` is `records[i]`'s), and a way to publish (the
+/// embedded projector and the relay use it). Never called with an empty commit.
+pub type CommitHook = Box<dyn FnMut(&[Record], &[Event], &mut dyn Publish) + Send>;
 
 /// Publishing from the broker's own links.
 pub trait Publish {
@@ -443,20 +444,22 @@ impl Committer {
         self.metrics.batches.fetch_add(1, Ordering::Relaxed);
         // Confirmations first, handed to the routers before the log records and the embedded
         // projector's fold, so that they do not wait for the rest of the batch.
+        let mut records = Vec::with_capacity(outcomes.len());
         let mut committed = Vec::with_capacity(outcomes.len());
-        for (event, outcome) in events.iter().zip(outcomes) {
+        for (event, outcome) in events.into_iter().zip(outcomes) {
             let _span = tracing::debug_span!("event", id = %event.id, src = %event.src).entered();
             match outcome {
                 AppendOutcome::Committed(record) => {
                     self.metrics.committed.fetch_add(1, Ordering::Relaxed);
-                    self.confirm(event, record.seq, CommitStatus::Committed);
-                    committed.push((record, event));
+                    self.confirm(&event, record.seq, CommitStatus::Committed);
+                    records.push(record);
+                    committed.push(event);
                 }
                 AppendOutcome::AlreadyCommitted(seq) => {
                     self.metrics
                         .already_committed
                         .fetch_add(1, Ordering::Relaxed);
-                    self.confirm(event, seq, CommitStatus::AlreadyCommitted);
+                    self.confirm(&event, seq, CommitStatus::AlreadyCommitted);
                 }
                 AppendOutcome::SeqConflict { existing } => self.reject(
                     &event.src,
@@ -480,17 +483,21 @@ impl Committer {
             }
         }
         self.outlets.flush();
-        // Then the records, in log order, and the fold.
-        for (record, event) in committed {
+        if records.is_empty() {
+            return;
+        }
+        // Then the records, in log order, and the fold of the whole commit.
+        let log_topic = Topic::Log.to_string();
+        for record in &records {
             self.outlets.publish(
                 PlaneKind::Operator,
-                Topic::Log.to_string(),
+                log_topic.clone(),
                 record.encode(),
                 false,
             );
-            if let Some(hook) = self.hook.as_mut() {
-                hook(&record, event, &mut self.outlets);
-            }
+        }
+        if let Some(hook) = self.hook.as_mut() {
+            hook(&records, &committed, &mut self.outlets);
         }
     }
 

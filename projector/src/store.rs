@@ -6,16 +6,21 @@
 //!
 //! | key | value |
 //! |---|---|
+//! | `v` | the format of this table: `2` |
 //! | `c` | checkpoint `{"last_seq", "last_hash"}` (hex) |
 //! | `d/<device_id>` | device card |
-//! | `t/<device_id>/<seq u64 BE>` | trail entry |
-//! | `u/<seq u64 BE>` | trail entry of an undecodable record |
-//! | `a/<index u64 BE>` | alert |
+//! | `f/<last_seq u64 BE><part u32 BE>` | a *frame*: a JSON array of the trail entries, trail entries of undecodable records and alerts one save added, in the order they were made: `{"T":[device_id, index, entry]}`, `{"U":[index, entry]}`, `{"A":[index, alert]}`; at most ≈ 64 KiB each |
 //! | `k` | the fold's bookkeeping (principal seqs, requests, offers, used nonces, commands, stats) |
 //!
-//! [`Store::save`] writes what the effects since the last save name (cards, trail entries,
-//! alerts) plus the bookkeeping and the checkpoint; [`Store::load`] reads it all back. A
-//! restart loads, then feeds the records after `last_seq`.
+//! [`Store::save`] writes what the effects since the last save name (cards, new trail entries
+//! and alerts as frames) plus the bookkeeping and the checkpoint; [`Store::load`] reads it all
+//! back. A restart loads, then feeds the records after `last_seq`.
+//!
+//! Why frames: one sled insert costs ≈ 10 µs of CPU, and trail entries and alerts are one or
+//! two per event, so storing each under its own key (format 1) made the save cost more than
+//! the fold (BENCHMARKS.md). A frame holds every entry of one save, written once, never
+//! rewritten. A table in another format (no `v`, or another value) is cleared when opened, and
+//! the projections are rebuilt from the log.
 
 use crate::fold::{Effect, IssuedCommand, Offer, Projections};
 use crate::model::{Alert, DeviceCard, TrailEntry};
@@ -195,10 +200,84 @@ fn parse<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreE
     serde_json::from_slice(v).map_err(|e| corrupt(key, e))
 }
 
-fn trail_key(d: &DeviceId, seq: u64) -> Vec<u8> {
-    let mut k = format!("t/{d}/").into_bytes();
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+/// The value of `v`: the layout described in the module docs.
+const FORMAT: &[u8] = b"2";
+
+/// A frame is closed once its JSON is this long (one more item may follow).
+const FRAME_BYTES: usize = 60 * 1024;
+
+/// One element of a frame, as written (borrowing the projections).
+#[derive(Serialize)]
+enum ItemOut<'a, E: Serialize> {
+    T(&'a str, usize, E),
+    U(usize, &'a TrailEntry),
+    A(usize, &'a Alert),
+}
+
+/// One element of a frame, as read.
+#[derive(Deserialize)]
+enum ItemIn {
+    T(String, usize, TrailEntry),
+    U(usize, TrailEntry),
+    A(usize, Alert),
+}
+
+/// Writes items into frames of about [`FRAME_BYTES`], keyed by the save's last seq and part.
+struct Frames {
+    last_seq: u64,
+    part: u32,
+    buf: Vec<u8>,
+    done: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Frames {
+    fn new(last_seq: u64) -> Self {
+        Frames {
+            last_seq,
+            part: 0,
+            buf: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn push<E: Serialize>(&mut self, item: &ItemOut<'_, E>) {
+        self.buf.push(if self.buf.is_empty() { b'[' } else { b',' });
+        // The view types serialize infallibly (string keys, no non-finite floats).
+        let _ = serde_json::to_writer(&mut self.buf, item);
+        if self.buf.len() >= FRAME_BYTES {
+            self.close();
+        }
+    }
+
+    fn close(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        self.buf.push(b']');
+        let mut k = b"f/".to_vec();
+        k.extend_from_slice(&self.last_seq.to_be_bytes());
+        k.extend_from_slice(&self.part.to_be_bytes());
+        self.part += 1;
+        self.done.push((k, std::mem::take(&mut self.buf)));
+    }
+
+    fn finish(mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.close();
+        self.done
+    }
+}
+
+/// Puts `item` at `index` of `list`: the next one is appended, an earlier one replaced (a
+/// later save wins); a gap means frames are missing.
+fn place<T>(list: &mut Vec<T>, index: usize, item: T, key: &[u8]) -> Result<(), StoreError> {
+    match index.cmp(&list.len()) {
+        std::cmp::Ordering::Less => list[index] = item,
+        std::cmp::Ordering::Equal => list.push(item),
+        std::cmp::Ordering::Greater => {
+            return Err(corrupt(key, format!("entry {index} after {}", list.len())))
+        }
+    }
+    Ok(())
 }
 
 /// Projections persisted in a sled database (a handle: clones share the database).
@@ -270,7 +349,7 @@ impl Store {
     /// The batch [`Store::save`] writes, built without touching the database, so that the
     /// fold can go on while another thread writes it ([`Store::write`]).
     pub fn prepare(p: &Projections, effects: &[Effect]) -> PreparedSave {
-        let mut batch = Entries(Vec::with_capacity(effects.len() + 2));
+        let mut frames = Frames::new(p.last_seq);
         let mut cards: BTreeSet<&DeviceId> = BTreeSet::new();
         for fx in effects {
             match fx {
@@ -282,7 +361,7 @@ impl Store {
                     index,
                 } => {
                     if let Some(e) = p.trails.get(d).and_then(|t| t.get(*index)) {
-                        batch.insert(trail_key(d, e.seq), json(e));
+                        frames.push(&ItemOut::T(d.as_str(), *index, e));
                     }
                 }
                 Effect::Trail {
@@ -290,26 +369,24 @@ impl Store {
                     index,
                 } => {
                     if let Some(e) = p.unattributed.get(*index) {
-                        let mut k = b"u/".to_vec();
-                        k.extend_from_slice(&e.seq.to_be_bytes());
-                        batch.insert(k, json(e));
+                        frames.push(&ItemOut::<()>::U(*index, e));
                     }
                 }
                 Effect::Alert(i) => {
                     if let Some(a) = p.alerts.get(*i) {
-                        let mut k = b"a/".to_vec();
-                        k.extend_from_slice(&(*i as u64).to_be_bytes());
-                        batch.insert(k, json(a));
+                        frames.push(&ItemOut::<()>::A(*i, a));
                     }
                 }
                 Effect::GraphChanged => {}
             }
         }
+        let mut batch = Entries(frames.finish());
         for d in cards {
             if let Some(c) = p.devices.get(d) {
                 batch.insert(format!("d/{d}").into_bytes(), json(c));
             }
         }
+        batch.insert(b"v".to_vec(), FORMAT.to_vec());
         batch.insert(b"k".to_vec(), json(&core_of(p)));
         batch.insert(
             b"c".to_vec(),
@@ -322,6 +399,14 @@ impl Store {
             entries: batch.0,
             last_seq: p.last_seq,
         }
+    }
+
+    /// Whether the table is empty or in this version's format (see the module docs).
+    pub fn is_current_format(&self) -> Result<bool, StoreError> {
+        Ok(match self.tree.get(b"v")? {
+            Some(v) => v.as_ref() == FORMAT,
+            None => self.tree.is_empty(),
+        })
     }
 
     /// Empties the store (the projections will be rebuilt from genesis).
@@ -369,24 +454,27 @@ impl Store {
             let card: DeviceCard = parse(&k, &v)?;
             p.devices.insert(card.device_id.clone(), card);
         }
-        for kv in self.tree.scan_prefix(b"t/") {
+        for kv in self.tree.scan_prefix(b"f/") {
             let (k, v) = kv?;
-            let id = k
-                .get(2..18)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| DeviceId::parse(s).ok())
-                .ok_or_else(|| corrupt(&k, "trail key"))?;
-            let e: TrailEntry = parse(&k, &v)?;
-            p.trails.entry(id).or_default().push(e);
-        }
-        for kv in self.tree.scan_prefix(b"u/") {
-            let (k, v) = kv?;
-            p.unattributed.push(parse(&k, &v)?);
-        }
-        for kv in self.tree.scan_prefix(b"a/") {
-            let (k, v) = kv?;
-            let a: Alert = parse(&k, &v)?;
-            p.alerts.push(a);
+            let items: Vec<ItemIn> = parse(&k, &v)?;
+            for item in items {
+                match item {
+                    ItemIn::T(d, index, e) => {
+                        let d = DeviceId::parse(&d).map_err(|e| corrupt(&k, e))?;
+                        let trail = p.trails.entry(d).or_default();
+                        if index == trail.len() {
+                            trail.push(e);
+                        } else {
+                            return Err(corrupt(
+                                &k,
+                                format!("trail entry {index} after {}", trail.len()),
+                            ));
+                        }
+                    }
+                    ItemIn::U(index, e) => place(&mut p.unattributed, index, e, &k)?,
+                    ItemIn::A(index, a) => place(&mut p.alerts, index, a, &k)?,
+                }
+            }
         }
         Ok(p)
     }
@@ -459,6 +547,10 @@ impl Persistent {
         store: Store,
         batch: usize,
     ) -> Result<Self, StoreError> {
+        if !store.is_current_format()? {
+            // Written by another version: start over; the caller folds the log from genesis.
+            store.clear()?;
+        }
         let projections = store.load()?;
         Ok(Persistent {
             projector,

@@ -129,3 +129,53 @@ fn projections_can_live_in_the_brokers_database() {
         "other trees untouched"
     );
 }
+
+/// A save bigger than one frame is split into several, which load back in order.
+#[test]
+fn a_big_save_spans_several_frames_and_loads_back() {
+    let mut log = LogBuilder::new();
+    let d = log.configured(1, "alice");
+    for _ in 0..2_000 {
+        log.action(&d, "login");
+    }
+    let p = projector(&log).rebuild(&log.records);
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let store = Store::in_db(db.clone()).unwrap();
+    store.save_all(&p).unwrap();
+    let frames = db
+        .open_tree("projector")
+        .unwrap()
+        .scan_prefix(b"f/")
+        .count();
+    assert!(frames > 1, "2,000 entries in {frames} frame(s)");
+    assert_eq!(store.load().unwrap(), p);
+}
+
+/// A table written by another format (format 1 kept one key per trail entry and no `v`) is
+/// not read as if it were this one: opening clears it and the fold starts from genesis.
+#[test]
+fn a_table_in_an_older_format_is_cleared_and_rebuilt() {
+    let log = scenario();
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let tree = db.open_tree("projector").unwrap();
+    tree.insert(b"c", &br#"{"last_seq":5,"last_hash":"00"}"#[..])
+        .unwrap();
+    tree.insert(b"t/0000000000000001/\0\0\0\0\0\0\0\x01", &b"{}"[..])
+        .unwrap();
+    let store = Store::in_db(db.clone()).unwrap();
+    assert!(!store.is_current_format().unwrap());
+    let mut pf = Persistent::with_store(projector(&log), store.clone(), 4).unwrap();
+    assert_eq!(pf.next_seq(), 1, "nothing of the old table is used");
+    assert!(tree
+        .get(b"t/0000000000000001/\0\0\0\0\0\0\0\x01")
+        .unwrap()
+        .is_none());
+    for r in &log.records {
+        pf.apply(r).unwrap();
+    }
+    pf.commit().unwrap();
+    assert!(store.is_current_format().unwrap());
+    assert_eq!(store.load().unwrap(), projector(&log).rebuild(&log.records));
+}

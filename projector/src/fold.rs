@@ -393,7 +393,11 @@ impl Step<'_> {
     fn push_trail(&mut self, d: DeviceId, entry: TrailEntry) {
         let trail = match self.p.trails.get_mut(&d) {
             Some(t) => t,
-            None => self.p.trails.entry(d.clone()).or_default(),
+            None => self
+                .p
+                .trails
+                .entry(d.clone())
+                .or_insert_with_key(|k| Trail::new(k.clone())),
         };
         trail.push(entry);
         let index = trail.len() - 1;

@@ -18,7 +18,7 @@
 //! restart loads, then feeds the records after `last_seq`.
 
 use crate::fold::{Effect, IssuedCommand, Offer, Projections};
-use crate::model::{Alert, DeviceCard, TrailEntry};
+use crate::model::{Alert, DeviceCard, Trail, TrailEntry};
 use pairbus_schemas::event::{Command, Outcome};
 use pairbus_schemas::{DeviceId, EventId, Kid};
 use serde::{Deserialize, Serialize};
@@ -260,7 +260,7 @@ impl Store {
                     index,
                 } => {
                     if let Some(e) = p.trails.get(d).and_then(|t| t.get(*index)) {
-                        batch.insert(trail_key(d, e.seq), json(e));
+                        batch.insert(trail_key(d, e.seq), json(&e));
                     }
                 }
                 Effect::Trail {
@@ -354,7 +354,10 @@ impl Store {
                 .and_then(|s| DeviceId::parse(s).ok())
                 .ok_or_else(|| corrupt(&k, "trail key"))?;
             let e: TrailEntry = parse(&k, &v)?;
-            p.trails.entry(id).or_default().push(e);
+            p.trails
+                .entry(id)
+                .or_insert_with_key(|k| Trail::new(k.clone()))
+                .push(e);
         }
         for kv in self.tree.scan_prefix(b"u/") {
             let (k, v) = kv?;

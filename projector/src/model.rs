@@ -508,6 +508,12 @@ impl Trail {
         self.open.push(slot);
     }
 
+    /// Reads the last entry's slot (both ends of it), which shares a cache line with where
+    /// the next entry goes unless the chunk is full: the fold's warm-up (see `fold.rs`).
+    pub(crate) fn touch_tail(&self) -> Option<(u64, bool)> {
+        self.open.last().map(|s| (s.seq, s.other.is_some()))
+    }
+
     fn slot(&self, index: usize) -> Option<&Slot> {
         let (ci, i) = (index / TRAIL_CHUNK, index % TRAIL_CHUNK);
         match ci.cmp(&self.full.len()) {

@@ -54,7 +54,8 @@ fn main() {
     );
 
     println!(
-        "trail entry: {} bytes in the trail (plus its boxed refusal or seq gap, when it has one)",
+        "trail entry: {} bytes in a trail (accepted, own device, no gap; else plus a boxed {}-byte TrailEntry)",
+        pairbus_projector::model::TRAIL_SLOT_BYTES,
         std::mem::size_of::<pairbus_projector::model::TrailEntry>()
     );
 

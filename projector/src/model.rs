@@ -373,28 +373,119 @@ pub struct Alert {
 /// Entries per chunk of a [`Trail`] (a power of two: indexing is a shift and a mask).
 const TRAIL_CHUNK: usize = 128;
 
-/// The chunks of a trail, oldest first (see [`Trail::chunks`]).
-type Chunks<'a> =
-    std::iter::Chain<std::slice::Iter<'a, Vec<TrailEntry>>, std::iter::Once<&'a Vec<TrailEntry>>>;
+/// One entry as a [`Trail`] holds it: 64 bytes (a [`TrailEntry`] is 136).
+///
+/// Nearly every entry has one shape: an accepted event about the trail's own device, signed by
+/// that device, with no seq gap. Such an entry is kept as its five numbers, its event id and
+/// type; the device and the signer are the trail's owner. Any other entry (refused, a peer's
+/// event, signed by an operator or a factory, after a gap, or with absent fields) is kept
+/// whole, boxed, in `other` (only `seq` and `received_at` are then also set, for searches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slot {
+    seq: u64,
+    received_at: u64,
+    ts: u64,
+    src_seq: u64,
+    event_id: EventId,
+    event_type: EventType,
+    other: Option<Box<TrailEntry>>,
+}
+
+impl Slot {
+    /// The compact form of `e` on `owner`'s trail.
+    fn new(owner: &DeviceId, e: TrailEntry) -> Slot {
+        if let TrailEntry {
+            seq,
+            received_at,
+            ts: Some(ts),
+            event_type: Some(event_type),
+            src: Some(src),
+            src_seq: Some(src_seq),
+            event_id: Some(event_id),
+            device: Some(device),
+            status: Status::Accepted,
+            refusal: None,
+            gap: None,
+        } = &e
+        {
+            if device == owner && src.is_device(owner) {
+                return Slot {
+                    seq: *seq,
+                    received_at: *received_at,
+                    ts: *ts,
+                    src_seq: *src_seq,
+                    event_id: *event_id,
+                    event_type: *event_type,
+                    other: None,
+                };
+            }
+        }
+        Slot {
+            seq: e.seq,
+            received_at: e.received_at,
+            ts: 0,
+            src_seq: 0,
+            event_id: EventId([0; 16]),
+            event_type: EventType::Manufactured,
+            other: Some(Box::new(e)),
+        }
+    }
+
+    /// The entry, as it was pushed.
+    fn entry(&self, owner: &DeviceId) -> TrailEntry {
+        match &self.other {
+            Some(e) => TrailEntry::clone(e),
+            None => TrailEntry {
+                seq: self.seq,
+                received_at: self.received_at,
+                ts: Some(self.ts),
+                event_type: Some(self.event_type),
+                src: Some(owner.kid()),
+                src_seq: Some(self.src_seq),
+                event_id: Some(self.event_id),
+                device: Some(owner.clone()),
+                status: Status::Accepted,
+                refusal: None,
+                gap: None,
+            },
+        }
+    }
+}
+
+/// Bytes a trail takes per entry of the common shape (an accepted event about the trail's own
+/// device, signed by it, no seq gap); other entries take this plus a boxed [`TrailEntry`].
+pub const TRAIL_SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 
 /// A device's trail: its entries in log order, stored in chunks of [`TRAIL_CHUNK`] entries.
 ///
 /// A full chunk never moves again, so an append never copies earlier entries (a doubling
 /// `Vec` copies the whole trail each time it grows) and touches only the open chunk, held
 /// inline. Only a trail's first chunk grows (up to one chunk); the next ones are allocated
-/// full size.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// full size. Entries are stored compactly (64 bytes for the common shape, see `Slot`) and
+/// rebuilt on reading: the accessors return [`TrailEntry`] values, equal to what was pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trail {
+    /// The device whose trail this is.
+    owner: DeviceId,
     /// Full chunks of exactly [`TRAIL_CHUNK`] entries.
-    full: Vec<Vec<TrailEntry>>,
+    full: Vec<Vec<Slot>>,
     /// The open chunk (the last entries; never empty unless the trail is).
-    open: Vec<TrailEntry>,
+    open: Vec<Slot>,
 }
 
 impl Trail {
-    /// An empty trail.
-    pub fn new() -> Self {
-        Trail::default()
+    /// An empty trail of device `owner`.
+    pub fn new(owner: DeviceId) -> Self {
+        Trail {
+            owner,
+            full: Vec::new(),
+            open: Vec::new(),
+        }
+    }
+
+    /// The device whose trail this is.
+    pub fn owner(&self) -> &DeviceId {
+        &self.owner
     }
 
     /// Number of entries.
@@ -413,11 +504,17 @@ impl Trail {
             let done = std::mem::replace(&mut self.open, Vec::with_capacity(TRAIL_CHUNK));
             self.full.push(done);
         }
-        self.open.push(e);
+        let slot = Slot::new(&self.owner, e);
+        self.open.push(slot);
     }
 
-    /// The entry at `index`, if any.
-    pub fn get(&self, index: usize) -> Option<&TrailEntry> {
+    /// Reads the last entry's slot (both ends of it), which shares a cache line with where
+    /// the next entry goes unless the chunk is full: the fold's warm-up (see `fold.rs`).
+    pub(crate) fn touch_tail(&self) -> Option<(u64, bool)> {
+        self.open.last().map(|s| (s.seq, s.other.is_some()))
+    }
+
+    fn slot(&self, index: usize) -> Option<&Slot> {
         let (ci, i) = (index / TRAIL_CHUNK, index % TRAIL_CHUNK);
         match ci.cmp(&self.full.len()) {
             std::cmp::Ordering::Less => self.full.get(ci).and_then(|c| c.get(i)),
@@ -426,62 +523,48 @@ impl Trail {
         }
     }
 
+    /// The entry at `index`, if any.
+    pub fn get(&self, index: usize) -> Option<TrailEntry> {
+        self.slot(index).map(|s| s.entry(&self.owner))
+    }
+
     /// The last entry, if any.
-    pub fn last(&self) -> Option<&TrailEntry> {
+    pub fn last(&self) -> Option<TrailEntry> {
         self.open
             .last()
             .or_else(|| self.full.last().and_then(|c| c.last()))
-    }
-
-    fn chunks(&self) -> Chunks<'_> {
-        self.full.iter().chain(std::iter::once(&self.open))
+            .map(|s| s.entry(&self.owner))
     }
 
     /// The entries in log order.
-    pub fn iter(&self) -> std::iter::Flatten<Chunks<'_>> {
-        self.chunks().flatten()
+    pub fn iter(&self) -> impl Iterator<Item = TrailEntry> + '_ {
+        self.iter_from(0)
     }
 
     /// The entries from `start` on, in log order.
-    pub fn iter_from(&self, start: usize) -> impl Iterator<Item = &TrailEntry> + '_ {
+    pub fn iter_from(&self, start: usize) -> impl Iterator<Item = TrailEntry> + '_ {
         let (first, offset) = (start / TRAIL_CHUNK, start % TRAIL_CHUNK);
-        self.chunks()
+        self.full
+            .iter()
+            .chain(std::iter::once(&self.open))
             .skip(first)
             .enumerate()
             .flat_map(move |(i, c)| c.get(if i == 0 { offset } else { 0 }..).unwrap_or(&[]))
+            .map(|s| s.entry(&self.owner))
     }
 
     /// The index of the first entry for which `pred` is false, the entries being partitioned
     /// by it (all `true` ones first), as [`slice::partition_point`].
     pub fn partition_point(&self, mut pred: impl FnMut(&TrailEntry) -> bool) -> usize {
+        let owner = &self.owner;
+        let mut test = |s: &Slot| pred(&s.entry(owner));
         // The full chunks are partitioned too: the first one whose last entry fails holds
         // the point; if none does, it is in the open chunk.
         let ci = self
             .full
-            .partition_point(|c| c.last().is_some_and(&mut pred));
+            .partition_point(|c| c.last().is_some_and(&mut test));
         let chunk = self.full.get(ci).unwrap_or(&self.open);
-        ci * TRAIL_CHUNK + chunk.partition_point(pred)
-    }
-}
-
-impl std::ops::Index<usize> for Trail {
-    type Output = TrailEntry;
-
-    /// The entry at `index`; panics when out of range, as slices do.
-    fn index(&self, index: usize) -> &TrailEntry {
-        match self.get(index) {
-            Some(e) => e,
-            None => panic!("trail index {index} out of range (len {})", self.len()),
-        }
-    }
-}
-
-impl<'a> IntoIterator for &'a Trail {
-    type Item = &'a TrailEntry;
-    type IntoIter = std::iter::Flatten<Chunks<'a>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
+        ci * TRAIL_CHUNK + chunk.partition_point(test)
     }
 }
 
@@ -489,37 +572,67 @@ impl<'a> IntoIterator for &'a Trail {
 mod tests {
     use super::*;
 
+    fn owner() -> DeviceId {
+        DeviceId::parse("00000000000000aa").unwrap()
+    }
+
+    /// Entries of every shape: compact ones (`seq % 7 >= 4`: accepted, own device, signed by
+    /// it, no gap) and each way of not being one.
     fn entry(seq: u64) -> TrailEntry {
-        TrailEntry {
+        let me = owner();
+        let peer = DeviceId::parse("00000000000000bb").unwrap();
+        let mut e = TrailEntry {
             seq,
             received_at: seq / 3,
-            ts: None,
-            event_type: None,
-            src: None,
-            src_seq: None,
-            event_id: None,
-            device: None,
+            ts: Some(seq * 5),
+            event_type: Some(EventType::Action),
+            src: Some(me.kid()),
+            src_seq: Some(seq + 1),
+            event_id: Some(EventId([seq as u8; 16])),
+            device: Some(me.clone()),
             status: Status::Accepted,
             refusal: None,
             gap: None,
+        };
+        match seq % 7 {
+            0 => {
+                e.status = Status::Refused;
+                e.refusal = Some(Box::new(Refusal {
+                    code: Code::Revoked,
+                    detail: "revoked".into(),
+                }));
+            }
+            1 => e.device = Some(peer),
+            2 => e.src = Some(Kid::parse("operator:ops").unwrap()),
+            3 => {
+                e.gap = Some(Box::new(Gap {
+                    expected: 1,
+                    got: 3,
+                }));
+                e.ts = None;
+            }
+            _ => {}
         }
+        e
     }
 
-    /// A trail answers as the `Vec` of its entries would, across chunk boundaries.
+    /// A trail answers as the `Vec` of its entries would, across chunk boundaries and for
+    /// entries of every shape.
     #[test]
     fn trail_matches_a_vec() {
+        assert_eq!(TRAIL_SLOT_BYTES, 64);
         for n in [0, 1, 2, 127, 128, 129, 255, 256, 257, 700] {
             let v: Vec<TrailEntry> = (0..n).map(entry).collect();
-            let mut t = Trail::new();
+            let mut t = Trail::new(owner());
             v.iter().cloned().for_each(|e| t.push(e));
+            assert_eq!(t.owner(), &owner());
             assert_eq!(t.len(), v.len());
             assert_eq!(t.is_empty(), v.is_empty());
-            assert_eq!(t.last(), v.last());
-            assert!(t.iter().eq(v.iter()));
-            assert!((&t).into_iter().eq(v.iter()));
+            assert_eq!(t.last().as_ref(), v.last());
+            assert!(t.iter().eq(v.iter().cloned()));
             for i in 0..n as usize + 2 {
-                assert_eq!(t.get(i), v.get(i));
-                assert!(t.iter_from(i).eq(v.get(i..).unwrap_or(&[]).iter()));
+                assert_eq!(t.get(i).as_ref(), v.get(i));
+                assert!(t.iter_from(i).eq(v.get(i..).unwrap_or(&[]).iter().cloned()));
             }
             for lo in 0..n / 3 + 2 {
                 assert_eq!(
@@ -529,5 +642,11 @@ mod tests {
             }
             assert_eq!(t.clone(), t);
         }
+        let compact = (0..700).map(entry).filter(|e| {
+            let mut t = Trail::new(owner());
+            t.push(e.clone());
+            t.open[0].other.is_none()
+        });
+        assert_eq!(compact.count(), 700 * 3 / 7);
     }
 }

@@ -53,8 +53,8 @@ pub fn publications<S: RecordSource + ?Sized>(
             } => {
                 if let Some(e) = p.trails.get(d).and_then(|t| t.get(*index)) {
                     let entry = HistoryEntry {
-                        entry: e.clone(),
                         details: details(log, e.seq),
+                        entry: e,
                     };
                     out.push(Publication {
                         topic: Topic::AuditEvents(d.clone()),

@@ -176,7 +176,7 @@ pub fn run<S: RecordSource + ?Sized>(
             types,
         } => {
             let d = device_id(id)?;
-            let empty = Trail::new();
+            let empty = Trail::new(d.clone());
             let trail = match p.trails.get(&d) {
                 Some(t) => t,
                 None if p.devices.contains_key(&d) => &empty,
@@ -201,8 +201,8 @@ pub fn run<S: RecordSource + ?Sized>(
                             .is_some_and(|t| types.iter().any(|x| x == t.as_str()))
                 })
                 .map(|e| HistoryEntry {
-                    entry: e.clone(),
                     details: details(log, e.seq),
+                    entry: e,
                 })
                 .collect();
             Response::History(History {

@@ -23,7 +23,7 @@
 //! the projections are rebuilt from the log.
 
 use crate::fold::{Effect, IssuedCommand, Offer, Projections};
-use crate::model::{Alert, DeviceCard, TrailEntry};
+use crate::model::{Alert, DeviceCard, Trail, TrailEntry};
 use pairbus_schemas::event::{Command, Outcome};
 use pairbus_schemas::{DeviceId, EventId, Kid};
 use serde::{Deserialize, Serialize};
@@ -361,7 +361,7 @@ impl Store {
                     index,
                 } => {
                     if let Some(e) = p.trails.get(d).and_then(|t| t.get(*index)) {
-                        frames.push(&ItemOut::T(d.as_str(), *index, e));
+                        frames.push(&ItemOut::T(d.as_str(), *index, &e));
                     }
                 }
                 Effect::Trail {
@@ -461,7 +461,10 @@ impl Store {
                 match item {
                     ItemIn::T(d, index, e) => {
                         let d = DeviceId::parse(&d).map_err(|e| corrupt(&k, e))?;
-                        let trail = p.trails.entry(d).or_default();
+                        let trail = p
+                            .trails
+                            .entry(d)
+                            .or_insert_with_key(|k| Trail::new(k.clone()));
                         if index == trail.len() {
                             trail.push(e);
                         } else {

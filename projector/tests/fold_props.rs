@@ -187,8 +187,8 @@ proptest! {
         let on_trails: std::collections::BTreeSet<u64> = full
             .trails
             .values()
-            .flatten()
-            .chain(full.unattributed.iter())
+            .flat_map(|t| t.iter())
+            .chain(full.unattributed.iter().cloned())
             .map(|e| e.seq)
             .collect();
         prop_assert_eq!(on_trails.len(), log.records.len());

@@ -119,7 +119,7 @@ fn forged_expired_and_mismatched_qr_codes_are_refused() {
     // Without the factory key the QR cannot be checked.
     let p = Projector::new(Config::default(), pairbus_projector::NoKeys).rebuild(&log.records);
     assert_eq!(
-        p.trails[&d][1].refusal.as_ref().unwrap().code,
+        p.trails[&d].get(1).unwrap().refusal.unwrap().code,
         Code::UnknownFactory
     );
 }
@@ -318,9 +318,10 @@ fn revocation_unpairs_and_refuses_later_events() {
     log.revoke(&s);
     let p = fold(&log);
     assert_eq!(
-        p.trails[&s][p.trails[&s].len() - 2]
+        p.trails[&s]
+            .get(p.trails[&s].len() - 2)
+            .unwrap()
             .refusal
-            .as_ref()
             .unwrap()
             .code,
         Code::Revoked

@@ -13,7 +13,7 @@ use pairbus_schemas::{DeviceId, EventId};
 pub type Check = Result<(), String>;
 
 /// The trail entry of event `id` in `device`'s trail.
-pub fn entry<'a>(p: &'a Projections, device: &DeviceId, id: &EventId) -> Option<&'a TrailEntry> {
+pub fn entry(p: &Projections, device: &DeviceId, id: &EventId) -> Option<TrailEntry> {
     p.trails
         .get(device)?
         .iter()

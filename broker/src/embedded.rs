@@ -27,12 +27,13 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Records applied between two saves at most.
-pub const SAVE_EVERY_RECORDS: usize = 100_000;
+/// Records applied between two saves at most. The committer copies what changed for each save
+/// (the save thread serialises and writes it): small saves keep that pause short.
+pub const SAVE_EVERY_RECORDS: usize = 20_000;
 /// Time between two saves at most while records come. A save writes the changed views and
 /// the fold's whole bookkeeping (one JSON value, every principal's seq): not at every commit.
 /// After a crash, at most this much of the log is folded again at start.
-pub const SAVE_EVERY: Duration = Duration::from_secs(5);
+pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the embedded projections could not be opened.
 #[derive(Debug, thiserror::Error)]

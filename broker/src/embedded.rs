@@ -55,7 +55,7 @@ pub enum EmbeddedError {
 /// What the `pairbus-save` thread is asked to do.
 enum SaveJob {
     /// Write this save (after the ones before it).
-    Write(PreparedSave),
+    Write(Box<PreparedSave>),
     /// Answer once everything asked before is written: `Err` if a write failed.
     Sync(Sender<Result<(), String>>),
 }
@@ -72,7 +72,7 @@ fn save_loop(store: Store, jobs: Receiver<SaveJob>) {
                     continue;
                 }
                 let seq = save.last_seq();
-                if let Err(e) = store.write(save) {
+                if let Err(e) = store.write(*save) {
                     tracing::error!(
                         error = %e,
                         seq,
@@ -209,7 +209,7 @@ impl Embedded {
         let queued = self
             .saver
             .as_ref()
-            .is_some_and(|(jobs, _)| jobs.send(SaveJob::Write(save)).is_ok());
+            .is_some_and(|(jobs, _)| jobs.send(SaveJob::Write(Box::new(save))).is_ok());
         if !queued {
             tracing::error!("the projections' save thread is gone; nothing saved until restart");
         }

@@ -71,8 +71,9 @@ start_daemon() {
     extra=()
     case "$target" in
     pairbus)
+        http_port=$(free_port)
         "$broker_bin" serve --data "$dir/data" --device-listen "$addr" \
-            --operator-listen "127.0.0.1:$(free_port)" --http-listen 127.0.0.1:0 \
+            --operator-listen "127.0.0.1:$(free_port)" --http-listen "127.0.0.1:$http_port" \
             >"$dir/out.log" 2>&1 &
         pid=$!
         extra=(--data "$dir/data")
@@ -126,6 +127,14 @@ for round in $(seq "$ROUNDS"); do
                 --label "round $round" >"$dir/loadgen.out" ||
                 echo "loadgen failed against $target (round $round, rate $rate)" >&2
             grep -v '^RESULT ' "$dir/loadgen.out" >&2 || true
+            if [[ "$target" == pairbus ]]; then
+                # What the broker itself counted, to tell events never committed from
+                # confirmations never delivered when the load generator reports some lost.
+                curl -sf "127.0.0.1:$http_port/metrics" |
+                    grep -E '^pairbus_(events_(received|committed)_total|ingest_router_dropped_total|ingest_backpressure_pauses_total) ' |
+                    tr '\n' ' ' >&2 || true
+                echo >&2
+            fi
             sed -n 's/^RESULT //p' "$dir/loadgen.out" >>"$results"
             stop_daemon
         done

@@ -293,7 +293,30 @@ fn verify(data: &Path) -> Result<()> {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard one: every MQTT client takes three
+/// (its connection to the front door, and both ends of the front door's connection to the
+/// router), and a default soft limit of 1,024 would cap a plane at ≈ 340 clients.
+#[cfg(target_os = "linux")]
+fn raise_descriptor_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let before = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => {
+                tracing::debug!(?before, now = ?limit.current, "raised the open-descriptor limit")
+            }
+            Err(e) => tracing::warn!(error = %e, ?before, "cannot raise the open-descriptor limit"),
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_descriptor_limit() {}
+
 fn serve(cfg: pairbus_broker::config::ServeConfig) -> Result<()> {
+    raise_descriptor_limit();
     let fresh = !cfg.data.join(datadir::FLEET_KEY).exists();
     if fresh {
         let made = datadir::init(&cfg.data, &cfg.operator_listen.to_string())

@@ -486,34 +486,51 @@ async fn accepted_events_are_relayed_to_the_device_and_audit_views_are_published
     bus.shutdown();
 }
 
+/// Publishes `count` signed actions of `device` (seqs 1..=count, `tag` in their ids) at QoS 1
+/// without waiting for anything; the task returns the client when all are handed to it.
+fn publish_burst(
+    client: AsyncClient,
+    root: &RootSecret,
+    device: &DeviceId,
+    count: u64,
+    tag: u8,
+) -> tokio::task::JoinHandle<AsyncClient> {
+    let key = root.derive(&device.kid());
+    let sealed: Vec<Vec<u8>> = (1..=count)
+        .map(|seq| seal(&action(device, seq, tag), &key))
+        .collect();
+    let topic = Topic::In(device.kid()).to_string();
+    tokio::spawn(async move {
+        for payload in sealed {
+            client
+                .publish(&topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        client
+    })
+}
+
 /// A flood is slowed to the speed of the commits, never dropped: with a tiny back-pressure
 /// threshold the front doors must pause many times, and still every event of four devices
 /// publishing flat out is committed and confirmed, and the router dropped nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_held_back_by_the_gate_and_nothing_is_dropped() {
-    use pairbus_broker::bus::BusSettings;
     use pairbus_broker::ingest::IngestSettings;
     use std::sync::atomic::Ordering::Relaxed;
     const DEVICES: u64 = 4;
     const EACH: u64 = 1_500;
     let dir = tempfile::tempdir().unwrap();
     let root = RootSecret::from_bytes([46; 32]);
-    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let bus = Bus::start(
-        BusSettings {
-            data_dir: dir.path().to_owned(),
-            device_listen: any,
-            operator_listen: any,
-            http_listen: any,
-            ingest: IngestSettings {
-                pause_at: 64,
-                resume_at: 16,
-                ..IngestSettings::default()
-            },
+    let bus = bus_common::start_with(
+        dir.path(),
+        &root,
+        IngestSettings {
+            pause_at: 64,
+            resume_at: 16,
+            ..IngestSettings::default()
         },
-        root.clone(),
-    )
-    .unwrap();
+    );
     let mut devices = Vec::new();
     for d in 1..=DEVICES {
         let device = DeviceId::parse(&format!("{d:016x}")).unwrap();
@@ -528,22 +545,8 @@ async fn a_flood_is_held_back_by_the_gate_and_nothing_is_dropped() {
     }
     let mut tasks = Vec::new();
     for (n, (device, client, mut ev)) in devices.into_iter().enumerate() {
-        let key = root.derive(&device.kid());
-        // Distinct ids per device (the id's random part).
-        let sealed: Vec<Vec<u8>> = (1..=EACH)
-            .map(|seq| seal(&action(&device, seq, n as u8 + 1), &key))
-            .collect();
-        let topic = Topic::In(device.kid()).to_string();
-        // Publish everything without waiting, while this task counts confirmations.
-        let publisher = tokio::spawn(async move {
-            for payload in sealed {
-                client
-                    .publish(&topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .unwrap();
-            }
-            client
-        });
+        // Distinct ids per device (the id's random part); this task counts confirmations.
+        let publisher = publish_burst(client, &root, &device, EACH, n as u8 + 1);
         tasks.push(tokio::spawn(async move {
             let mut seqs = std::collections::BTreeSet::new();
             let done = tokio::time::timeout(Duration::from_secs(120), async {
@@ -578,6 +581,11 @@ async fn a_flood_is_held_back_by_the_gate_and_nothing_is_dropped() {
     assert_eq!(bus.log().head().seq, DEVICES * EACH);
     assert_eq!(m.router_dropped.load(Relaxed), 0);
     assert!(gate.pauses() > 0, "the flood never reached the threshold");
+    // The committer settles a batch just after handing its confirmations to the router.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gate.pending() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(gate.pending(), 0, "every event read was settled");
     assert!(gate.is_open());
     bus.shutdown();
@@ -595,20 +603,7 @@ async fn shutdown_commits_every_acknowledged_event() {
     let bus = start(dir.path(), &root);
     let device = DeviceId::parse("00000000000000a1").unwrap();
     let (client, mut ev) = device_client(&bus, &root, &device).await;
-    let key = root.derive(&device.kid());
-    let sealed: Vec<Vec<u8>> = (1..=N)
-        .map(|seq| seal(&action(&device, seq, 9), &key))
-        .collect();
-    let topic = Topic::In(device.kid()).to_string();
-    let publisher = tokio::spawn(async move {
-        for payload in sealed {
-            client
-                .publish(&topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .unwrap();
-        }
-        client
-    });
+    let publisher = publish_burst(client, &root, &device, N, 9);
     let mut acked = 0;
     tokio::time::timeout(Duration::from_secs(120), async {
         while acked < N {

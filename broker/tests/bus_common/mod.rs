@@ -32,6 +32,11 @@ pub fn now_ms() -> u64 {
 
 /// A bus on `127.0.0.1:0` for both planes and HTTP, data in `dir`.
 pub fn start(dir: &std::path::Path, root: &RootSecret) -> Bus {
+    start_with(dir, root, IngestSettings::default())
+}
+
+/// [`start`] with these ingest settings.
+pub fn start_with(dir: &std::path::Path, root: &RootSecret, ingest: IngestSettings) -> Bus {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     Bus::start(
         BusSettings {
@@ -39,7 +44,7 @@ pub fn start(dir: &std::path::Path, root: &RootSecret) -> Bus {
             device_listen: any,
             operator_listen: any,
             http_listen: any,
-            ingest: IngestSettings::default(),
+            ingest,
         },
         root.clone(),
     )

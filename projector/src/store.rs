@@ -206,10 +206,10 @@ const FORMAT: &[u8] = b"2";
 /// A frame is closed once its JSON is this long (one more item may follow).
 const FRAME_BYTES: usize = 60 * 1024;
 
-/// One element of a frame, as written (borrowing the projections).
+/// One element of a frame, as written (borrowing a prepared save's copies).
 #[derive(Serialize)]
-enum ItemOut<'a, E: Serialize> {
-    T(&'a str, usize, E),
+enum ItemOut<'a> {
+    T(&'a str, usize, &'a TrailEntry),
     U(usize, &'a TrailEntry),
     A(usize, &'a Alert),
 }
@@ -240,7 +240,7 @@ impl Frames {
         }
     }
 
-    fn push<E: Serialize>(&mut self, item: &ItemOut<'_, E>) {
+    fn push(&mut self, item: &ItemOut<'_>) {
         self.buf.push(if self.buf.is_empty() { b'[' } else { b',' });
         // The view types serialize infallibly (string keys, no non-finite floats).
         let _ = serde_json::to_writer(&mut self.buf, item);
@@ -341,8 +341,8 @@ impl Store {
         for item in &save.items {
             match item {
                 Item::T(d, index, e) => frames.push(&ItemOut::T(d.as_str(), *index, e)),
-                Item::U(index, e) => frames.push(&ItemOut::<()>::U(*index, e)),
-                Item::A(index, a) => frames.push(&ItemOut::<()>::A(*index, a)),
+                Item::U(index, e) => frames.push(&ItemOut::U(*index, e)),
+                Item::A(index, a) => frames.push(&ItemOut::A(*index, a)),
             }
         }
         let mut batch = sled::Batch::default();

@@ -18,6 +18,7 @@ pub mod log;
 pub mod metrics;
 pub mod mqtt;
 pub mod presence;
+pub mod ready;
 pub mod relay;
 pub mod replay;
 pub mod worker;

@@ -42,13 +42,11 @@ fn serve(data: &Path) -> (Child, u16) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    // "pairbus broker ready: device plane 127.0.0.1:P, operator plane …"
-    let port = line
-        .split("device plane 127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected ready line: {line:?}"));
+    let device = pairbus_broker::ready::Ready::parse(&line)
+        .unwrap_or_else(|| panic!("unexpected ready line: {line:?}"))
+        .device;
+    assert_eq!(device.ip().to_string(), "127.0.0.1", "{line:?}");
+    let port = device.port();
     (child, port)
 }
 

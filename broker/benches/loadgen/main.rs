@@ -144,12 +144,10 @@ fn spawn_pairbus() -> Result<(Spawned, String, PathBuf)> {
     BufReader::new(stdout)
         .read_line(&mut line)
         .context("broker ready line")?;
-    let device = line
-        .split("device plane ")
-        .nth(1)
-        .and_then(|r| r.split([',', ' ']).next())
-        .ok_or_else(|| anyhow!("no device plane in {line:?}"))?
-        .to_owned();
+    let device = pairbus_broker::ready::Ready::parse(&line)
+        .ok_or_else(|| anyhow!("not the broker's ready line: {line:?}"))?
+        .device
+        .to_string();
     Ok((spawned, device, data))
 }
 

@@ -346,11 +346,13 @@ fn serve(cfg: pairbus_broker::config::ServeConfig) -> Result<()> {
             .context("updating the first identities with the operator plane's port")?;
     }
     println!(
-        "pairbus broker ready: device plane {}, operator plane {}, HTTP http://{}, data {}",
-        bus.device_addr(),
-        bus.operator_addr(),
-        bus.http_addr(),
-        cfg.data.display()
+        "{}",
+        pairbus_broker::ready::Ready {
+            device: bus.device_addr(),
+            operator: bus.operator_addr(),
+            http: bus.http_addr(),
+            data: cfg.data.clone(),
+        }
     );
     wait_for_signal()?;
     tracing::info!("shutting down");

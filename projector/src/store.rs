@@ -1,15 +1,25 @@
 //! The persistence shell: projections in sled, with a checkpoint written atomically with them.
 //!
-//! One tree, `projector`, holds everything, so one [`sled::Batch`] commits a set of changes and
-//! the checkpoint together: after a crash the tree is either before or after the whole batch,
-//! never between. Keys (values are JSON, the documented view shapes where they are views):
+//! One tree, `projector`, holds everything. A save writes its frames first, one insert each,
+//! then one [`sled::Batch`] with the device cards, the bookkeeping and the checkpoint: after a
+//! crash the tree is either before or after that batch, never between. A frame counts only
+//! once the checkpoint has reached the save it belongs to (its key starts with that save's
+//! last seq): frames past the checkpoint are an interrupted save's and are ignored, and
+//! removed when the store is opened by [`Persistent`].
+//!
+//! Why not the frames in the batch too: sled 0.34 applies every batch under one write lock
+//! shared by *every* database in the process, the broker's log included. A batch of ≈ 50
+//! frames of 60 KiB held it for 30–70 ms, and every group commit of the log waited behind it
+//! (BENCHMARKS.md, "Session 4"). Single inserts take that lock's shared side, briefly.
+//!
+//! Keys (values are JSON, the documented view shapes where they are views):
 //!
 //! | key | value |
 //! |---|---|
 //! | `v` | the format of this table: `2` |
 //! | `c` | checkpoint `{"last_seq", "last_hash"}` (hex) |
 //! | `d/<device_id>` | device card |
-//! | `f/<last_seq u64 BE><part u32 BE>` | a *frame*: a JSON array of the trail entries, trail entries of undecodable records and alerts one save added, in the order they were made: `{"T":[device_id, index, entry]}`, `{"U":[index, entry]}`, `{"A":[index, alert]}`; at most ≈ 64 KiB each |
+//! | `f/<last_seq u64 BE><part u32 BE>` | a *frame*: a JSON array of the trail entries (by device, each device's in trail order), then the trail entries of undecodable records and the alerts, that one save added: `{"T":[device_id, index, entry]}`, `{"U":[index, entry]}`, `{"A":[index, alert]}`; at most ≈ 64 KiB each |
 //! | `k` | the fold's bookkeeping (principal seqs, requests, offers, used nonces, commands, stats) |
 //!
 //! [`Store::save`] writes what the effects since the last save name (cards, new trail entries
@@ -23,11 +33,11 @@
 //! the projections are rebuilt from the log.
 
 use crate::fold::{Effect, IssuedCommand, Offer, Projections};
-use crate::model::{Alert, DeviceCard, Trail, TrailEntry};
+use crate::model::{Alert, DeviceCard, Trail, TrailCopy, TrailEntry};
 use pairbus_schemas::event::{Command, Outcome};
 use pairbus_schemas::{DeviceId, EventId, Kid};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 /// Why the store failed.
@@ -222,6 +232,14 @@ enum ItemIn {
     A(usize, Alert),
 }
 
+/// The first key of the frames of the save that ended at `last_seq` (`f/` + seq, big-endian;
+/// the part number follows).
+fn frame_key(last_seq: u64) -> Vec<u8> {
+    let mut k = b"f/".to_vec();
+    k.extend_from_slice(&last_seq.to_be_bytes());
+    k
+}
+
 /// Writes items into frames of about [`FRAME_BYTES`], keyed by the save's last seq and part.
 struct Frames {
     last_seq: u64,
@@ -254,8 +272,7 @@ impl Frames {
             return;
         }
         self.buf.push(b']');
-        let mut k = b"f/".to_vec();
-        k.extend_from_slice(&self.last_seq.to_be_bytes());
+        let mut k = frame_key(self.last_seq);
         k.extend_from_slice(&self.part.to_be_bytes());
         self.part += 1;
         self.done.push((k, std::mem::take(&mut self.buf)));
@@ -326,7 +343,8 @@ impl Store {
     }
 
     /// Writes the changes named by `effects` (everything applied since the last save), the
-    /// fold's bookkeeping and the checkpoint of `p` in one atomic batch, then flushes.
+    /// fold's bookkeeping and the checkpoint of `p` (atomically, see the module docs), then
+    /// flushes.
     pub fn save(&self, p: &Projections, effects: &[Effect]) -> Result<(), StoreError> {
         self.write(Store::prepare(p, effects))
     }
@@ -338,17 +356,23 @@ impl Store {
         // The JSON and sled's batch (a hash map of reference-counted keys and values) are made
         // on this side: together they cost more than the fold of the same records.
         let mut frames = Frames::new(save.last_seq);
+        for copy in &save.trails {
+            let d = copy.owner().as_str();
+            for (index, e) in copy.entries() {
+                frames.push(&ItemOut::T(d, index, &e));
+            }
+        }
         for item in &save.items {
             match item {
-                Item::T(d, index, e) => frames.push(&ItemOut::T(d.as_str(), *index, e)),
                 Item::U(index, e) => frames.push(&ItemOut::U(*index, e)),
                 Item::A(index, a) => frames.push(&ItemOut::A(*index, a)),
             }
         }
-        let mut batch = sled::Batch::default();
+        // Frames first, outside the batch (see the module docs): they count once `c` is written.
         for (k, v) in frames.finish() {
-            batch.insert(k, v);
+            self.tree.insert(k, v)?;
         }
+        let mut batch = sled::Batch::default();
         for c in &save.cards {
             batch.insert(format!("d/{}", c.device_id).into_bytes(), json(c));
         }
@@ -363,8 +387,11 @@ impl Store {
     /// The batch [`Store::save`] writes, built without touching the database, so that the
     /// fold can go on while another thread writes it ([`Store::write`]).
     pub fn prepare(p: &Projections, effects: &[Effect]) -> PreparedSave {
-        let mut items = Vec::with_capacity(effects.len());
+        let mut items = Vec::new();
         let mut cards: BTreeSet<&DeviceId> = BTreeSet::new();
+        // Each device's first new trail entry: trails only grow, so a save holds every entry
+        // from there on (copied as compact slots, rebuilt on the writing thread).
+        let mut trails: HashMap<&DeviceId, usize> = HashMap::new();
         for fx in effects {
             match fx {
                 Effect::DeviceChanged(d) => {
@@ -374,9 +401,8 @@ impl Store {
                     device: Some(d),
                     index,
                 } => {
-                    if let Some(e) = p.trails.get(d).and_then(|t| t.get(*index)) {
-                        items.push(Item::T(d.clone(), *index, e));
-                    }
+                    let first = trails.entry(d).or_insert(*index);
+                    *first = (*first).min(*index);
                 }
                 Effect::Trail {
                     device: None,
@@ -394,7 +420,14 @@ impl Store {
                 Effect::GraphChanged => {}
             }
         }
+        let mut trails: Vec<TrailCopy> = trails
+            .into_iter()
+            .filter_map(|(d, first)| p.trails.get(d).map(|t| t.copy_from(first)))
+            .collect();
+        // A stable order, so that a save's frames do not depend on a hash map's.
+        trails.sort_unstable_by(|a, b| a.owner().cmp(b.owner()));
         PreparedSave {
+            trails,
             items,
             cards: cards
                 .into_iter()
@@ -415,6 +448,23 @@ impl Store {
             Some(v) => v.as_ref() == FORMAT,
             None => self.tree.is_empty(),
         })
+    }
+
+    /// Removes the frames of a save that was interrupted before its checkpoint was written
+    /// (frames past the checkpoint; all frames if there is none), so that a later save with
+    /// the same last seq cannot be read together with them. Returns how many were removed.
+    pub fn discard_unfinished(&self) -> Result<usize, StoreError> {
+        let from = self.checkpoint()?.map_or(0, |(seq, _)| seq + 1);
+        let mut removed = 0;
+        // `f0` is the first key after every `f/…` key.
+        for k in self.tree.range(frame_key(from)..b"f0".to_vec()).keys() {
+            self.tree.remove(k?)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.db.flush()?;
+        }
+        Ok(removed)
     }
 
     /// Empties the store (the projections will be rebuilt from genesis).
@@ -462,7 +512,10 @@ impl Store {
             let card: DeviceCard = parse(&k, &v)?;
             p.devices.insert(card.device_id.clone(), card);
         }
-        for kv in self.tree.scan_prefix(b"f/") {
+        for kv in self
+            .tree
+            .range(frame_key(0)..frame_key(p.last_seq.saturating_add(1)))
+        {
             let (k, v) = kv?;
             let items: Vec<ItemIn> = parse(&k, &v)?;
             for item in items {
@@ -501,6 +554,7 @@ impl std::fmt::Debug for Store {
 /// copies of what changed, so that the fold can go on while another thread serialises and
 /// writes it.
 pub struct PreparedSave {
+    trails: Vec<TrailCopy>,
     items: Vec<Item>,
     cards: Vec<DeviceCard>,
     core: Core,
@@ -508,9 +562,8 @@ pub struct PreparedSave {
     last_seq: u64,
 }
 
-/// A new trail entry or alert of a save.
+/// A new trail entry of an undecodable record, or alert, of a save.
 enum Item {
-    T(DeviceId, usize, TrailEntry),
     U(usize, TrailEntry),
     A(usize, Alert),
 }
@@ -563,6 +616,13 @@ impl Persistent {
         if !store.is_current_format()? {
             // Written by another version: start over; the caller folds the log from genesis.
             store.clear()?;
+        }
+        let discarded = store.discard_unfinished()?;
+        if discarded > 0 {
+            tracing::warn!(
+                frames = discarded,
+                "removed the frames of a save of the projections that did not finish"
+            );
         }
         let projections = store.load()?;
         Ok(Persistent {

@@ -179,3 +179,74 @@ fn a_table_in_an_older_format_is_cleared_and_rebuilt() {
     assert!(store.is_current_format().unwrap());
     assert_eq!(store.load().unwrap(), projector(&log).rebuild(&log.records));
 }
+
+/// A save writes its frames before its checkpoint. When it is interrupted between the two, the
+/// frames past the checkpoint are not read (the store loads as of its checkpoint), they are
+/// removed at open, and a later save that ends at the same seq loads back alone.
+#[test]
+fn an_interrupted_saves_frames_are_ignored_and_removed() {
+    let log = scenario();
+    let cut = log.records.len() / 2;
+    let proj = |n: usize| projector(&log).rebuild(&log.records[..n]);
+    // The frames a save of records cut+1..=end writes, taken from a store that finished it.
+    let finished = tempfile::tempdir().unwrap();
+    let orphans: Vec<(sled::IVec, sled::IVec)> = {
+        let db = sled::open(finished.path()).unwrap();
+        let mut pf = Persistent::with_store(
+            projector(&log),
+            Store::in_db(db.clone()).unwrap(),
+            usize::MAX,
+        )
+        .unwrap();
+        for r in &log.records[..cut] {
+            pf.apply(r).unwrap();
+        }
+        pf.commit().unwrap();
+        let before: Vec<_> = db
+            .open_tree("projector")
+            .unwrap()
+            .scan_prefix(b"f/")
+            .keys()
+            .map(|k| k.unwrap())
+            .collect();
+        for r in &log.records[cut..] {
+            pf.apply(r).unwrap();
+        }
+        pf.commit().unwrap();
+        db.open_tree("projector")
+            .unwrap()
+            .scan_prefix(b"f/")
+            .map(|kv| kv.unwrap())
+            .filter(|(k, _)| !before.contains(k))
+            .collect()
+    };
+    assert!(!orphans.is_empty());
+    // A store saved up to `cut`, then the later save's frames without its checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let store = Store::in_db(db.clone()).unwrap();
+    store.save_all(&proj(cut)).unwrap();
+    let tree = db.open_tree("projector").unwrap();
+    for (k, v) in &orphans {
+        tree.insert(k, v.clone()).unwrap();
+    }
+    assert_eq!(
+        store.load().unwrap(),
+        proj(cut),
+        "frames past the checkpoint are not read"
+    );
+    let mut pf = Persistent::with_store(projector(&log), store.clone(), usize::MAX).unwrap();
+    for (k, _) in &orphans {
+        assert!(
+            tree.get(k).unwrap().is_none(),
+            "an unfinished save's frame is removed at open"
+        );
+    }
+    assert_eq!(pf.next_seq() as usize, cut + 1);
+    // Resume, saving at the same last seq as the interrupted save: it loads back on its own.
+    for r in &log.records[cut..] {
+        pf.apply(r).unwrap();
+    }
+    pf.commit().unwrap();
+    assert_eq!(store.load().unwrap(), proj(log.records.len()));
+}

@@ -553,6 +553,27 @@ impl Trail {
             .map(|s| s.entry(&self.owner))
     }
 
+    /// A copy of the entries from `start` on, taken cheaply (the compact slots are copied, not
+    /// rebuilt into [`TrailEntry`] values): for saving them on another thread.
+    pub fn copy_from(&self, start: usize) -> TrailCopy {
+        let (first, offset) = (start / TRAIL_CHUNK, start % TRAIL_CHUNK);
+        let mut slots = Vec::with_capacity(self.len().saturating_sub(start));
+        for (i, c) in self
+            .full
+            .iter()
+            .chain(std::iter::once(&self.open))
+            .skip(first)
+            .enumerate()
+        {
+            slots.extend_from_slice(c.get(if i == 0 { offset } else { 0 }..).unwrap_or(&[]));
+        }
+        TrailCopy {
+            owner: self.owner.clone(),
+            start,
+            slots,
+        }
+    }
+
     /// The index of the first entry for which `pred` is false, the entries being partitioned
     /// by it (all `true` ones first), as [`slice::partition_point`].
     pub fn partition_point(&self, mut pred: impl FnMut(&TrailEntry) -> bool) -> usize {
@@ -565,6 +586,29 @@ impl Trail {
             .partition_point(|c| c.last().is_some_and(&mut test));
         let chunk = self.full.get(ci).unwrap_or(&self.open);
         ci * TRAIL_CHUNK + chunk.partition_point(test)
+    }
+}
+
+/// The entries of a [`Trail`] from some index on ([`Trail::copy_from`]).
+#[derive(Debug, Clone)]
+pub struct TrailCopy {
+    owner: DeviceId,
+    start: usize,
+    slots: Vec<Slot>,
+}
+
+impl TrailCopy {
+    /// The device whose trail this is.
+    pub fn owner(&self) -> &DeviceId {
+        &self.owner
+    }
+
+    /// The entries with their indexes in the trail, in order.
+    pub fn entries(&self) -> impl Iterator<Item = (usize, TrailEntry)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (self.start + i, s.entry(&self.owner)))
     }
 }
 
@@ -633,6 +677,9 @@ mod tests {
             for i in 0..n as usize + 2 {
                 assert_eq!(t.get(i).as_ref(), v.get(i));
                 assert!(t.iter_from(i).eq(v.get(i..).unwrap_or(&[]).iter().cloned()));
+                let copy = t.copy_from(i);
+                assert_eq!(copy.owner(), &owner());
+                assert!(copy.entries().eq(v.iter().cloned().enumerate().skip(i)));
             }
             for lo in 0..n / 3 + 2 {
                 assert_eq!(

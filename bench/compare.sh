@@ -72,11 +72,12 @@ start_daemon() {
     case "$target" in
     pairbus)
         http_port=$(free_port)
+        operator_addr="127.0.0.1:$(free_port)"
         "$broker_bin" serve --data "$dir/data" --device-listen "$addr" \
-            --operator-listen "127.0.0.1:$(free_port)" --http-listen "127.0.0.1:$http_port" \
+            --operator-listen "$operator_addr" --http-listen "127.0.0.1:$http_port" \
             >"$dir/out.log" 2>&1 &
         pid=$!
-        extra=(--data "$dir/data")
+        extra=(--data "$dir/data" --operator-addr "$operator_addr")
         ;;
     mosquitto)
         cat >"$dir/mosquitto.conf" <<CONF

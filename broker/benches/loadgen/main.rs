@@ -21,8 +21,9 @@ mod tracker;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use pairbus_schemas::keys::device_id_from_serial_hash;
 use pairbus_schemas::messages::Committed;
-use pairbus_schemas::{DeviceId, Topic};
+use pairbus_schemas::{DeviceId, Kid, PrincipalKind, RootSecret, Topic};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -56,6 +57,12 @@ struct Args {
     /// pairbus' data folder (for `fleet.key`), with `--addr`.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// pairbus' operator plane, with `--addr`: a factory (`factory:loadgen-…`) manufactures
+    /// the publishers' devices there before the run, so that their events are ordinary
+    /// accepted ones. Without it the devices are unknown to the projector, which refuses each
+    /// of their events with an `unknown_device` alert (stored all the same).
+    #[arg(long)]
+    operator_addr: Option<String>,
     /// Concurrent publishers (one MQTT connection each).
     #[arg(long, default_value_t = 8)]
     publishers: usize,
@@ -77,6 +84,10 @@ struct Args {
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 10.0)]
     drain: f64,
+    /// Also write every stored event's publisher, publish time and latency (µs) to this file,
+    /// one per line.
+    #[arg(long)]
+    latencies: Option<PathBuf>,
     /// A label copied into the RESULT line.
     #[arg(long, default_value = "")]
     label: String,
@@ -116,8 +127,9 @@ impl Drop for Spawned {
     }
 }
 
-/// Starts `pairbus-broker serve` on free loopback ports; returns it and its device plane.
-fn spawn_pairbus() -> Result<(Spawned, String, PathBuf)> {
+/// Starts `pairbus-broker serve` on free loopback ports; returns it, its device and operator
+/// planes and its data folder.
+fn spawn_pairbus() -> Result<(Spawned, String, String, PathBuf)> {
     let dir = tempfile::Builder::new()
         .prefix("pairbus-loadgen-")
         .tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()))
@@ -144,11 +156,10 @@ fn spawn_pairbus() -> Result<(Spawned, String, PathBuf)> {
     BufReader::new(stdout)
         .read_line(&mut line)
         .context("broker ready line")?;
-    let device = pairbus_broker::ready::Ready::parse(&line)
-        .ok_or_else(|| anyhow!("not the broker's ready line: {line:?}"))?
-        .device
-        .to_string();
-    Ok((spawned, device, data))
+    let ready = pairbus_broker::ready::Ready::parse(&line)
+        .ok_or_else(|| anyhow!("not the broker's ready line: {line:?}"))?;
+    let (device, operator) = (ready.device.to_string(), ready.operator.to_string());
+    Ok((spawned, device, operator, data))
 }
 
 /// Drives one connection's event loop: signals `ready` once subscribed (or connected, if
@@ -265,6 +276,75 @@ async fn publish_loop(
     Ok(())
 }
 
+/// Has `factory:loadgen-…` (on the operator plane `addr`) manufacture `devices`, and waits
+/// until every `device.manufactured` event is confirmed.
+async fn manufacture(
+    root: &RootSecret,
+    addr: &str,
+    devices: &[(DeviceId, [u8; 32])],
+    inflight: u16,
+) -> Result<()> {
+    let (host, port) = split_addr(addr)?;
+    let kid = Kid::new(
+        PrincipalKind::Factory,
+        &format!("loadgen-{:08x}", fastrand::u32(..)),
+    )
+    .map_err(|e| anyhow!("factory kid: {e}"))?;
+    let key = root.derive(&kid);
+    let mut o = options(&kid.to_string(), &host, port, inflight);
+    o.set_credentials(kid.to_string(), key.mint_token(&kid, unix_secs() + 3600));
+    let (client, mut eventloop) = connect(o);
+    client
+        .subscribe(Topic::Committed(kid.clone()).to_string(), QoS::AtLeastOnce)
+        .await?;
+    client
+        .subscribe(Topic::Rejected(kid.clone()).to_string(), QoS::AtLeastOnce)
+        .await?;
+    let mut subacks = 0;
+    let mut confirmed = 0;
+    let mut published = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while confirmed < devices.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, eventloop.poll())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "{confirmed} of {} devices manufactured in 30 s",
+                    devices.len()
+                )
+            })?
+            .context("factory connection")?;
+        match event {
+            Event::Incoming(Packet::SubAck(_)) => subacks += 1,
+            Event::Incoming(Packet::Publish(p)) if p.topic.contains("/committed/") => {
+                confirmed += 1
+            }
+            Event::Incoming(Packet::Publish(p)) => bail!(
+                "manufacturing refused: {}",
+                String::from_utf8_lossy(&p.payload)
+            ),
+            _ => {}
+        }
+        if subacks == 2 && !published {
+            published = true;
+            for (seq, (device, serial_hash)) in (1..).zip(devices) {
+                let bytes = payload::manufactured(&kid, &key, seq, device, *serial_hash);
+                client
+                    .publish(
+                        Topic::In(kid.clone()).to_string(),
+                        QoS::AtLeastOnce,
+                        false,
+                        bytes,
+                    )
+                    .await?;
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -276,12 +356,12 @@ async fn run(args: Args) -> Result<()> {
         bail!("--publishers must be 1..=255");
     }
     let mut _spawned = None;
-    let (addr, data) = match (&args.addr, args.target) {
-        (Some(a), _) => (a.clone(), args.data.clone()),
+    let (addr, operator_addr, data) = match (&args.addr, args.target) {
+        (Some(a), _) => (a.clone(), args.operator_addr.clone(), args.data.clone()),
         (None, Target::Pairbus) => {
-            let (s, addr, data) = spawn_pairbus()?;
+            let (s, addr, operator, data) = spawn_pairbus()?;
             _spawned = Some(s);
-            (addr, Some(data))
+            (addr, Some(operator), Some(data))
         }
         (None, t) => bail!("--addr is needed for {t:?}"),
     };
@@ -330,12 +410,35 @@ async fn run(args: Args) -> Result<()> {
         publishers.push(client); // kept alive
     }
 
+    // pairbus: the publishers' devices, made by a factory first when the operator plane is known.
+    let devices: Vec<(DeviceId, [u8; 32])> = match &root {
+        Some(root) => (0..args.publishers)
+            .map(|i| {
+                let serial_hash =
+                    root.serial_hash(&format!("loadgen-{run_id}-{i}-{}", fastrand::u64(..)));
+                (device_id_from_serial_hash(&serial_hash), serial_hash)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(root) = &root {
+        match &operator_addr {
+            Some(op) => manufacture(root, op, &devices, args.inflight).await?,
+            None => eprintln!(
+                "no --operator-addr: the devices are not manufactured, and the projector \
+                 refuses each of their events with an unknown_device alert"
+            ),
+        }
+    }
+
     let mut sources = Vec::new();
     for i in 0..args.publishers {
         let (client, eventloop, topic, source, subs) = match &root {
             Some(root) => {
-                let device = DeviceId::parse(&format!("{:016x}", fastrand::u64(..)))
-                    .map_err(|e| anyhow!("device id: {e}"))?;
+                let device = devices
+                    .get(i)
+                    .map(|(d, _)| d.clone())
+                    .ok_or_else(|| anyhow!("no device for publisher {i}"))?;
                 let kid = device.kid();
                 let key = root.derive(&kid);
                 let token = key.mint_token(&kid, unix_secs() + 3600);
@@ -461,6 +564,15 @@ async fn run(args: Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let s = tracker.summary(start);
+    if let Some(path) = &args.latencies {
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        tracker
+            .write_latencies(start, &mut out)
+            .and_then(|()| std::io::Write::flush(&mut out))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     for d in drivers {
         d.abort();
     }

@@ -2,8 +2,8 @@
 //! bytes of the same size for a plain broker, each carrying (publisher, seq) so that whatever
 //! arrives can be matched to its publish time.
 
-use pairbus_schemas::event::{Action, MetaValue};
-use pairbus_schemas::{seal, Body, DeviceId, Event, EventId, Key};
+use pairbus_schemas::event::{Action, Component, Manufactured, MetaValue};
+use pairbus_schemas::{seal, Body, DeviceId, Event, EventId, Key, Kid};
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,6 +29,41 @@ pub fn seq_of(id: &EventId) -> u64 {
     let mut b = [0u8; 8];
     b[1..8].copy_from_slice(&id.0[9..16]);
     u64::from_be_bytes(b)
+}
+
+/// The `device.manufactured` event by which `factory` (its key `key`, its event number `seq`)
+/// makes `device`, whose serial hashes to `serial_hash`: after it, the device's events are
+/// ordinary ones (an unknown device's are refused by the projector, each with an alert).
+pub fn manufactured(
+    factory: &Kid,
+    key: &Key,
+    seq: u64,
+    device: &DeviceId,
+    serial_hash: [u8; 32],
+) -> Vec<u8> {
+    let ms = now_ms();
+    let mut random = [0u8; 10];
+    fastrand::fill(&mut random);
+    let e = Event {
+        id: EventId::new_v7(ms, random),
+        src: factory.clone(),
+        seq,
+        ts: ms,
+        device: device.clone(),
+        body: Body::Manufactured(Manufactured {
+            serial_hash,
+            device_type: "sensor".into(),
+            model: "LG-1".into(),
+            manufacturer: "loadgen".into(),
+            name: format!("load generator device {seq}"),
+            components: vec![Component {
+                kind: "radio".into(),
+                spec: "none".into(),
+            }],
+            qr_expires_at: (ms / 1000 + 3600) * 1000,
+        }),
+    };
+    seal(&e, key)
 }
 
 /// Makes one publisher's signed events.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 struct Publisher {
     pending: HashMap<u64, Instant>,
     latencies_us: Vec<u64>,
+    /// Publish times (µs after the tracker's start) of the events in `latencies_us`.
+    sent_at_us: Vec<u64>,
 }
 
 /// Shared by the publishers (who record sends) and the receivers (who record arrivals).
@@ -87,6 +89,8 @@ impl Tracker {
             Some(sent) => {
                 s.latencies_us
                     .push(now.duration_since(sent).as_micros() as u64);
+                let at = sent.saturating_duration_since(self.start).as_micros() as u64;
+                s.sent_at_us.push(at);
                 drop(s);
                 self.stored.fetch_add(1, Ordering::Relaxed);
                 self.last_stored_ns.fetch_max(
@@ -103,6 +107,26 @@ impl Tracker {
     /// Whether everything published so far was stored.
     pub fn all_stored(&self) -> bool {
         self.stored.load(Ordering::Relaxed) >= self.published.load(Ordering::Relaxed)
+    }
+
+    /// Writes one line per stored event: publisher, publish time (µs after `first_publish`)
+    /// and latency (µs), in arrival order per publisher. For finding when slow events were
+    /// sent (a stall shows as a burst of them).
+    pub fn write_latencies(
+        &self,
+        first_publish: Instant,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        let offset = first_publish
+            .saturating_duration_since(self.start)
+            .as_micros() as u64;
+        for (i, p) in self.publishers.iter().enumerate() {
+            let p = lock(p);
+            for (at, l) in p.sent_at_us.iter().zip(&p.latencies_us) {
+                writeln!(out, "{i} {} {l}", at.saturating_sub(offset))?;
+            }
+        }
+        Ok(())
     }
 
     /// The figures so far; `first_publish` is when the publishers started.

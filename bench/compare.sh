@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Alternating MQTT load rounds against pairbus, Mosquitto and NATS JetStream (BENCHMARKS.md,
 # "Broker under MQTT load"). Each run gets a freshly started daemon on free loopback ports and
-# a fresh temp folder; all daemons are stopped on exit.
+# a fresh temp folder, whose data is deleted and synced away after the run; all daemons are
+# stopped on exit.
 #
 #   bash bench/compare.sh                      # 3 rounds × {flat out, 10,000/s} × 3 targets
 #   ROUNDS=5 DURATION=10 RATES="0 10000 100" PUBLISHERS=8 bash bench/compare.sh
@@ -138,6 +139,11 @@ for round in $(seq "$ROUNDS"); do
             fi
             sed -n 's/^RESULT //p' "$dir/loadgen.out" >>"$results"
             stop_daemon
+            # Each run starts on a quiet disk: without this, the writeback of one run's data
+            # (NATS' JetStream files, pairbus' log) landed in a later run and slowed whichever
+            # target syncs (pairbus flat out: 53k/s in such runs, 62–69k/s otherwise).
+            rm -rf "$dir/data" "$dir/js"
+            sync
         done
     done
 done

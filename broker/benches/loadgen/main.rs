@@ -276,6 +276,28 @@ async fn publish_loop(
     Ok(())
 }
 
+/// A pairbus principal's connection (client id = kid, a fresh token as password), subscribed
+/// to its `committed/` and `rejected/` topics (two SUBACKs follow), and its key.
+async fn principal(
+    root: &RootSecret,
+    kid: &Kid,
+    host: &str,
+    port: u16,
+    inflight: u16,
+) -> Result<(AsyncClient, EventLoop, pairbus_schemas::Key)> {
+    let key = root.derive(kid);
+    let mut o = options(&kid.to_string(), host, port, inflight);
+    o.set_credentials(kid.to_string(), key.mint_token(kid, unix_secs() + 3600));
+    let (client, eventloop) = connect(o);
+    client
+        .subscribe(Topic::Committed(kid.clone()).to_string(), QoS::AtLeastOnce)
+        .await?;
+    client
+        .subscribe(Topic::Rejected(kid.clone()).to_string(), QoS::AtLeastOnce)
+        .await?;
+    Ok((client, eventloop, key))
+}
+
 /// Has `factory:loadgen-…` (on the operator plane `addr`) manufacture `devices`, and waits
 /// until every `device.manufactured` event is confirmed.
 async fn manufacture(
@@ -290,16 +312,7 @@ async fn manufacture(
         &format!("loadgen-{:08x}", fastrand::u32(..)),
     )
     .map_err(|e| anyhow!("factory kid: {e}"))?;
-    let key = root.derive(&kid);
-    let mut o = options(&kid.to_string(), &host, port, inflight);
-    o.set_credentials(kid.to_string(), key.mint_token(&kid, unix_secs() + 3600));
-    let (client, mut eventloop) = connect(o);
-    client
-        .subscribe(Topic::Committed(kid.clone()).to_string(), QoS::AtLeastOnce)
-        .await?;
-    client
-        .subscribe(Topic::Rejected(kid.clone()).to_string(), QoS::AtLeastOnce)
-        .await?;
+    let (client, mut eventloop, key) = principal(root, &kid, &host, port, inflight).await?;
     let mut subacks = 0;
     let mut confirmed = 0;
     let mut published = false;
@@ -440,17 +453,8 @@ async fn run(args: Args) -> Result<()> {
                     .map(|(d, _)| d.clone())
                     .ok_or_else(|| anyhow!("no device for publisher {i}"))?;
                 let kid = device.kid();
-                let key = root.derive(&kid);
-                let token = key.mint_token(&kid, unix_secs() + 3600);
-                let mut o = options(&kid.to_string(), &host, port, args.inflight);
-                o.set_credentials(kid.to_string(), token);
-                let (client, eventloop) = connect(o);
-                client
-                    .subscribe(Topic::Committed(kid.clone()).to_string(), QoS::AtLeastOnce)
-                    .await?;
-                client
-                    .subscribe(Topic::Rejected(kid.clone()).to_string(), QoS::AtLeastOnce)
-                    .await?;
+                let (client, eventloop, key) =
+                    principal(root, &kid, &host, port, args.inflight).await?;
                 let signer = payload::Signer::new(device, key, run_id, i as u8, args.size);
                 (
                     client,

@@ -87,6 +87,9 @@ pub enum Effect {
     GraphChanged,
     /// `alerts[index]` was raised: publish it on `audit/alerts`.
     Alert(usize),
+    /// The command issued by this event was recorded or completed (bookkeeping behind the
+    /// rules: saved, not published).
+    CommandChanged(EventId),
 }
 
 /// An open pairing offer.
@@ -864,6 +867,7 @@ impl Step<'_> {
                         completed: None,
                     },
                 );
+                self.fx.push(Effect::CommandChanged(ev.id));
                 Ok(())
             }
             Body::CommandCompleted(c) => {
@@ -899,6 +903,7 @@ impl Step<'_> {
                     );
                 }
                 cmd.completed = Some((seq, c.outcome));
+                self.fx.push(Effect::CommandChanged(c.command_id));
                 Ok(())
             }
             Body::Revoked(r) => {

@@ -77,6 +77,7 @@ pub fn publications<S: RecordSource + ?Sized>(
                 cards.insert(d);
             }
             Effect::GraphChanged => graph_changed = true,
+            Effect::CommandChanged(_) => {}
         }
     }
     for d in cards {

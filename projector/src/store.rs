@@ -1,7 +1,8 @@
 //! The persistence shell: projections in sled, with a checkpoint written atomically with them.
 //!
 //! One tree, `projector`, holds everything. A save writes its frames first, one insert each,
-//! then one [`sled::Batch`] with the device cards, the bookkeeping and the checkpoint: after a
+//! then one [`sled::Batch`] with the changed device cards and commands, the bookkeeping and the
+//! checkpoint: after a
 //! crash the tree is either before or after that batch, never between. A frame counts only
 //! once the checkpoint has reached the save it belongs to (its key starts with that save's
 //! last seq): frames past the checkpoint are an interrupted save's and are ignored, and
@@ -16,15 +17,20 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `v` | the format of this table: `2` |
+//! | `v` | the format of this table: `3` |
 //! | `c` | checkpoint `{"last_seq", "last_hash"}` (hex) |
 //! | `d/<device_id>` | device card |
 //! | `f/<last_seq u64 BE><part u32 BE>` | a *frame*: a JSON array of the trail entries (by device, each device's in trail order), then the trail entries of undecodable records and the alerts, that one save added: `{"T":[device_id, index, entry]}`, `{"U":[index, entry]}`, `{"A":[index, alert]}`; at most ≈ 64 KiB each |
-//! | `k` | the fold's bookkeeping (principal seqs, requests, offers, used nonces, commands, stats) |
+//! | `m/<command id, 16 bytes>` | an issued command: `{"id", "issuer", "target", "command", "expires_at", "seq", "completed": [seq, outcome] or null}` |
+//! | `k` | the rest of the fold's bookkeeping (principal seqs, requests, offers, used nonces, stats) |
 //!
-//! [`Store::save`] writes what the effects since the last save name (cards, new trail entries
-//! and alerts as frames) plus the bookkeeping and the checkpoint; [`Store::load`] reads it all
-//! back. A restart loads, then feeds the records after `last_seq`.
+//! [`Store::save`] writes what the effects since the last save name (cards, commands, new
+//! trail entries and alerts as frames) plus the bookkeeping and the checkpoint; [`Store::load`]
+//! reads it all back. A restart loads, then feeds the records after `last_seq`. The folding
+//! thread only copies what a save needs ([`Store::prepare`]); JSON is made where the save is
+//! written. Commands have keys of their own (format 3) because they are never forgotten: in
+//! `k` (format 2), every save re-encoded all of them, 150–220 ms on the folding thread at
+//! 200,000 commands.
 //!
 //! Why frames: one sled insert costs ≈ 10 µs of CPU, and trail entries and alerts are one or
 //! two per event, so storing each under its own key (format 1) made the save cost more than
@@ -34,6 +40,7 @@
 
 use crate::fold::{Effect, IssuedCommand, Offer, Projections};
 use crate::model::{Alert, DeviceCard, Trail, TrailCopy, TrailEntry};
+use fxhash::{FxHashMap, FxHashSet};
 use pairbus_schemas::event::{Command, Outcome};
 use pairbus_schemas::{DeviceId, EventId, Kid};
 use serde::{Deserialize, Serialize};
@@ -95,11 +102,78 @@ struct Core {
     requests: Vec<(String, String)>,
     offers: Vec<OfferRow>,
     used_nonces: BTreeSet<String>,
-    commands: Vec<CommandRow>,
     stats: BTreeMap<String, BTreeMap<u64, u64>>,
 }
 
-fn core_of(p: &Projections) -> Core {
+/// The bookkeeping as a save copies it on the folding thread (plain clones); made into its
+/// stored form ([`Core`], hex strings, sorted) on the writing thread.
+struct CoreCopy {
+    principals: FxHashMap<Kid, u64>,
+    requests: BTreeSet<(DeviceId, DeviceId)>,
+    offers: FxHashMap<[u8; 16], Offer>,
+    used_nonces: FxHashSet<[u8; 16]>,
+    stats: BTreeMap<String, BTreeMap<u64, u64>>,
+}
+
+impl CoreCopy {
+    fn of(p: &Projections) -> Self {
+        CoreCopy {
+            principals: p.principals.clone(),
+            requests: p.requests.clone(),
+            offers: p.offers.clone(),
+            used_nonces: p.used_nonces.clone(),
+            stats: p.stats.clone(),
+        }
+    }
+}
+
+fn command_row(id: &EventId, c: &IssuedCommand) -> CommandRow {
+    CommandRow {
+        id: id.to_hex(),
+        issuer: c.issuer.to_string(),
+        target: c.target.to_string(),
+        command: c.command.as_str().to_owned(),
+        expires_at: c.expires_at,
+        seq: c.seq,
+        completed: c.completed.map(|(s, o)| (s, o.as_str().to_owned())),
+    }
+}
+
+/// The key of command `id`'s row: `m/` + its 16 bytes.
+fn command_key(id: &EventId) -> Vec<u8> {
+    let mut k = b"m/".to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn apply_command(p: &mut Projections, r: CommandRow, key: &[u8]) -> Result<(), StoreError> {
+    let command = Command::parse(&r.command).ok_or_else(|| corrupt(key, "command"))?;
+    let completed = match r.completed {
+        None => None,
+        Some((s, o)) => Some((
+            s,
+            Outcome::parse(&o).ok_or_else(|| corrupt(key, "outcome"))?,
+        )),
+    };
+    let id = EventId(hex16(&r.id)?);
+    if command_key(&id) != key {
+        return Err(corrupt(key, "the row's id is not its key's"));
+    }
+    p.commands.insert(
+        id,
+        IssuedCommand {
+            issuer: dev(&r.issuer)?,
+            target: dev(&r.target)?,
+            command,
+            expires_at: r.expires_at,
+            seq: r.seq,
+            completed,
+        },
+    );
+    Ok(())
+}
+
+fn core_of(p: &CoreCopy) -> Core {
     let mut offers: Vec<OfferRow> = p
         .offers
         .iter()
@@ -112,20 +186,6 @@ fn core_of(p: &Projections) -> Core {
         })
         .collect();
     offers.sort_by(|a, b| a.nonce.cmp(&b.nonce));
-    let mut commands: Vec<CommandRow> = p
-        .commands
-        .iter()
-        .map(|(id, c)| CommandRow {
-            id: id.to_hex(),
-            issuer: c.issuer.to_string(),
-            target: c.target.to_string(),
-            command: c.command.as_str().to_owned(),
-            expires_at: c.expires_at,
-            seq: c.seq,
-            completed: c.completed.map(|(s, o)| (s, o.as_str().to_owned())),
-        })
-        .collect();
-    commands.sort_by(|a, b| a.id.cmp(&b.id));
     Core {
         principals: p
             .principals
@@ -139,7 +199,6 @@ fn core_of(p: &Projections) -> Core {
             .collect(),
         offers,
         used_nonces: p.used_nonces.iter().map(hex::encode).collect(),
-        commands,
         stats: p.stats.clone(),
     }
 }
@@ -176,27 +235,6 @@ fn apply_core(p: &mut Projections, c: Core) -> Result<(), StoreError> {
     for n in c.used_nonces {
         p.used_nonces.insert(hex16(&n)?);
     }
-    for r in c.commands {
-        let command = Command::parse(&r.command).ok_or_else(|| corrupt(b"k", "command"))?;
-        let completed = match r.completed {
-            None => None,
-            Some((s, o)) => Some((
-                s,
-                Outcome::parse(&o).ok_or_else(|| corrupt(b"k", "outcome"))?,
-            )),
-        };
-        p.commands.insert(
-            EventId(hex16(&r.id)?),
-            IssuedCommand {
-                issuer: dev(&r.issuer)?,
-                target: dev(&r.target)?,
-                command,
-                expires_at: r.expires_at,
-                seq: r.seq,
-                completed,
-            },
-        );
-    }
     p.stats = c.stats;
     Ok(())
 }
@@ -211,7 +249,7 @@ fn parse<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreE
 }
 
 /// The value of `v`: the layout described in the module docs.
-const FORMAT: &[u8] = b"2";
+const FORMAT: &[u8] = b"3";
 
 /// A frame is closed once its JSON is this long (one more item may follow).
 const FRAME_BYTES: usize = 60 * 1024;
@@ -377,7 +415,10 @@ impl Store {
             batch.insert(format!("d/{}", c.device_id).into_bytes(), json(c));
         }
         batch.insert(b"v".to_vec(), FORMAT.to_vec());
-        batch.insert(b"k".to_vec(), json(&save.core));
+        for (id, c) in &save.commands {
+            batch.insert(command_key(id), json(&command_row(id, c)));
+        }
+        batch.insert(b"k".to_vec(), json(&core_of(&save.core)));
         batch.insert(b"c".to_vec(), json(&save.checkpoint));
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
@@ -392,6 +433,7 @@ impl Store {
         // Each device's first new trail entry: trails only grow, so a save holds every entry
         // from there on (copied as compact slots, rebuilt on the writing thread).
         let mut trails: HashMap<&DeviceId, usize> = HashMap::new();
+        let mut commands: BTreeSet<&EventId> = BTreeSet::new();
         for fx in effects {
             match fx {
                 Effect::DeviceChanged(d) => {
@@ -418,6 +460,9 @@ impl Store {
                     }
                 }
                 Effect::GraphChanged => {}
+                Effect::CommandChanged(id) => {
+                    commands.insert(id);
+                }
             }
         }
         let mut trails: Vec<TrailCopy> = trails
@@ -433,7 +478,11 @@ impl Store {
                 .into_iter()
                 .filter_map(|d| p.devices.get(d).cloned())
                 .collect(),
-            core: core_of(p),
+            commands: commands
+                .into_iter()
+                .filter_map(|id| p.commands.get(id).map(|c| (*id, c.clone())))
+                .collect(),
+            core: CoreCopy::of(p),
             checkpoint: Checkpoint {
                 last_seq: p.last_seq,
                 last_hash: hex::encode(p.last_hash),
@@ -494,6 +543,7 @@ impl Store {
             index,
         }));
         fx.extend((0..p.alerts.len()).map(Effect::Alert));
+        fx.extend(p.commands.keys().copied().map(Effect::CommandChanged));
         self.save(p, &fx)
     }
 
@@ -506,6 +556,10 @@ impl Store {
         }
         if let Some(v) = self.tree.get(b"k")? {
             apply_core(&mut p, parse(b"k", &v)?)?;
+        }
+        for kv in self.tree.scan_prefix(b"m/") {
+            let (k, v) = kv?;
+            apply_command(&mut p, parse(&k, &v)?, &k)?;
         }
         for kv in self.tree.scan_prefix(b"d/") {
             let (k, v) = kv?;
@@ -557,7 +611,8 @@ pub struct PreparedSave {
     trails: Vec<TrailCopy>,
     items: Vec<Item>,
     cards: Vec<DeviceCard>,
-    core: Core,
+    commands: Vec<(EventId, IssuedCommand)>,
+    core: CoreCopy,
     checkpoint: Checkpoint,
     last_seq: u64,
 }

@@ -152,14 +152,23 @@ fn a_big_save_spans_several_frames_and_loads_back() {
     assert_eq!(store.load().unwrap(), p);
 }
 
-/// A table written by another format (format 1 kept one key per trail entry and no `v`) is
-/// not read as if it were this one: opening clears it and the fold starts from genesis.
+/// A table written by another format (format 1 kept one key per trail entry and no `v`;
+/// format 2 kept the commands inside `k`) is not read as if it were this one: opening clears
+/// it and the fold starts from genesis.
 #[test]
 fn a_table_in_an_older_format_is_cleared_and_rebuilt() {
+    older_format_cleared(None);
+    older_format_cleared(Some(b"2"));
+}
+
+fn older_format_cleared(version: Option<&[u8]>) {
     let log = scenario();
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
     let tree = db.open_tree("projector").unwrap();
+    if let Some(v) = version {
+        tree.insert(b"v", v).unwrap();
+    }
     tree.insert(b"c", &br#"{"last_seq":5,"last_hash":"00"}"#[..])
         .unwrap();
     tree.insert(b"t/0000000000000001/\0\0\0\0\0\0\0\x01", &b"{}"[..])

@@ -123,6 +123,28 @@ fn main() {
         records.len() as f64 / best.as_secs_f64(),
     );
 
+    // A save once everything is folded, with nothing new since the last one: what the folding
+    // thread spends on it (`prepare`: copies) and what the writing thread does (`write`: JSON,
+    // sled, flush). Its cost grows with the bookkeeping, never with the trails.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = pairbus_projector::store::Store::open(dir.path()).expect("store");
+    let (mut prep, mut write) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let save = pairbus_projector::store::Store::prepare(&p, &[]);
+        prep.push(t.elapsed());
+        let t = Instant::now();
+        store.write(save).expect("save");
+        write.push(t.elapsed());
+    }
+    println!(
+        "a save with nothing new ({} principals, {} commands), median of 5: prepare {:.3} ms, write {:.3} ms",
+        p.principals.len(),
+        p.commands.len(),
+        median(prep).as_secs_f64() * 1e3,
+        median(write).as_secs_f64() * 1e3,
+    );
+
     let id = p.devices.keys().min().expect("devices").as_str().to_owned();
     let trail_len = p.trails[&pairbus_schemas::DeviceId::parse(&id).expect("id")].len();
     let q = Query::History {

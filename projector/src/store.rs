@@ -2,11 +2,10 @@
 //!
 //! One tree, `projector`, holds everything. A save writes its frames first, one insert each,
 //! then one [`sled::Batch`] with the changed device cards and commands, the bookkeeping and the
-//! checkpoint: after a
-//! crash the tree is either before or after that batch, never between. A frame counts only
-//! once the checkpoint has reached the save it belongs to (its key starts with that save's
-//! last seq): frames past the checkpoint are an interrupted save's and are ignored, and
-//! removed when the store is opened by [`Persistent`].
+//! checkpoint: after a crash the tree is either before or after that batch, never between. A
+//! frame counts only once the checkpoint has reached the save it belongs to (its key starts
+//! with that save's last seq): frames past the checkpoint are an interrupted save's and are
+//! ignored, and removed when the store is opened by [`Persistent`].
 //!
 //! Why not the frames in the batch too: sled 0.34 applies every batch under one write lock
 //! shared by *every* database in the process, the broker's log included. A batch of ≈ 50
@@ -503,7 +502,9 @@ impl Store {
     /// (frames past the checkpoint; all frames if there is none), so that a later save with
     /// the same last seq cannot be read together with them. Returns how many were removed.
     pub fn discard_unfinished(&self) -> Result<usize, StoreError> {
-        let from = self.checkpoint()?.map_or(0, |(seq, _)| seq + 1);
+        let from = self
+            .checkpoint()?
+            .map_or(0, |(seq, _)| seq.saturating_add(1));
         let mut removed = 0;
         // `f0` is the first key after every `f/…` key.
         for k in self.tree.range(frame_key(from)..b"f0".to_vec()).keys() {

@@ -543,6 +543,11 @@ impl Trail {
 
     /// The entries from `start` on, in log order.
     pub fn iter_from(&self, start: usize) -> impl Iterator<Item = TrailEntry> + '_ {
+        self.slots_from(start).map(|s| s.entry(&self.owner))
+    }
+
+    /// The slots from `start` on, in log order.
+    fn slots_from(&self, start: usize) -> impl Iterator<Item = &Slot> + '_ {
         let (first, offset) = (start / TRAIL_CHUNK, start % TRAIL_CHUNK);
         self.full
             .iter()
@@ -550,23 +555,13 @@ impl Trail {
             .skip(first)
             .enumerate()
             .flat_map(move |(i, c)| c.get(if i == 0 { offset } else { 0 }..).unwrap_or(&[]))
-            .map(|s| s.entry(&self.owner))
     }
 
     /// A copy of the entries from `start` on, taken cheaply (the compact slots are copied, not
     /// rebuilt into [`TrailEntry`] values): for saving them on another thread.
     pub fn copy_from(&self, start: usize) -> TrailCopy {
-        let (first, offset) = (start / TRAIL_CHUNK, start % TRAIL_CHUNK);
         let mut slots = Vec::with_capacity(self.len().saturating_sub(start));
-        for (i, c) in self
-            .full
-            .iter()
-            .chain(std::iter::once(&self.open))
-            .skip(first)
-            .enumerate()
-        {
-            slots.extend_from_slice(c.get(if i == 0 { offset } else { 0 }..).unwrap_or(&[]));
-        }
+        slots.extend(self.slots_from(start).cloned());
         TrailCopy {
             owner: self.owner.clone(),
             start,

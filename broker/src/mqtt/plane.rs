@@ -181,11 +181,9 @@ impl Plane {
         let listen = public.local_addr().map_err(bind_error(settings.listen))?;
         // rumqttd binds its own listener and cannot report the port: pick a free loopback one.
         let internal = {
-            let probe = std::net::TcpListener::bind(("127.0.0.1", 0))
-                .map_err(bind_error(SocketAddr::from(([127, 0, 0, 1], 0))))?;
-            probe
-                .local_addr()
-                .map_err(bind_error(SocketAddr::from(([127, 0, 0, 1], 0))))?
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            let probe = std::net::TcpListener::bind(any).map_err(bind_error(any))?;
+            probe.local_addr().map_err(bind_error(any))?
         };
 
         let router = rumqttd::Router::new(
